@@ -1,0 +1,71 @@
+# tgipool: the verbs. `make demo` runs the operator on a local simulated cluster; `make test` proves it.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+KUBECONFIG_LOCAL := $(CURDIR)/.cluster/kubeconfig
+export PATH := $(shell tools/build.sh --print-bin):$(PATH)
+
+.PHONY: help install tools print-bin manifests check-manifests lint unit e2e test demo demo-down \
+        cluster-up cluster-down kind-up bench clean
+
+help: ## list the verbs
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q uv==0.13.8
+	$(UV) pip install -q --python $(PY) -e . --group dev
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with the package and dev tools (pinned)
+
+tools: ## build the control-plane binaries into a cache outside the repo (first build: minutes)
+	tools/build.sh
+
+print-bin: ## print the directory holding the built binaries
+	@tools/build.sh --print-bin
+
+manifests: install ## regenerate crds/ from the pydantic models
+	$(PY) -m tgipool.cli crds -o crds/tgipool.io_modelpools.yaml
+
+check-manifests: install ## fail when crds/ differs from the models
+	@$(PY) -m tgipool.cli crds | diff -u crds/tgipool.io_modelpools.yaml - \
+	  || { echo "crds/ is stale: run 'make manifests' and commit"; exit 1; }
+
+lint: install ## ruff (lint + format check) and mypy strict
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/mypy
+
+unit: install ## unit tests (pure parts)
+	$(VENV)/bin/pytest -q tests/unit
+
+cluster-up: tools install ## start the local simulated cluster (.cluster/kubeconfig)
+	tools/cluster.sh up
+
+cluster-down: ## stop the local cluster; leaves no process behind
+	tools/cluster.sh down
+
+kind-up: install ## a kind cluster with fake GPUs (needs a Docker engine)
+	tools/cluster.sh kind-up
+
+e2e: tools install ## e2e tests on KUBECONFIG, else on the local cluster (brought up and down)
+	tools/e2e.sh
+
+test: lint check-manifests unit e2e ## everything CI runs
+
+demo: tools install ## local cluster + operator + example pools, Ready on simulated GPUs
+	tools/demo.sh
+
+demo-down: ## stop the demo operator and the cluster
+	tools/demo.sh down
+
+bench: install ## benchmarks (ratios measured side by side)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean: cluster-down ## remove the venv and caches (not the binary cache)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,143 @@
+"""Generates the ModelPool CRD from the pydantic models (`tgipool crds`, `make manifests`).
+
+Pydantic emits JSON Schema 2020-12 with $refs; Kubernetes wants a structural OpenAPI v3 schema:
+refs inlined, no `anyOf` for optionals, booleans for exclusive bounds, free-form objects marked
+with `x-kubernetes-preserve-unknown-fields`, and `default: {}` on nested objects so that their
+own defaults apply when the user leaves the whole object out.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from tgipool.api import rules
+from tgipool.api.models import GROUP, KIND, PLURAL, VERSION, ModelPoolSpec, ModelPoolStatus
+
+Schema = dict[str, Any]
+
+_DROP = {"title", "additionalProperties", "$defs"}
+
+
+def _resolve(node: Schema, defs: dict[str, Schema]) -> tuple[Schema, bool]:
+    """Flattens an optional (`anyOf [X, null]`) and `$ref`s into one node; children untouched."""
+    node = dict(node)
+    nullable = False
+    if "anyOf" in node:
+        variants = [v for v in node.pop("anyOf") if v.get("type") != "null"]
+        if len(variants) != 1:
+            raise ValueError(f"cannot express a union in a structural schema: {variants}")
+        node = {**variants[0], **node}
+        nullable = True
+        if node.get("default", "") is None:
+            node.pop("default")
+    while "$ref" in node:
+        target = defs[node.pop("$ref").split("/")[-1]]
+        node = {**target, **node}
+    return node, nullable
+
+
+def _structural(raw: Schema, defs: dict[str, Schema]) -> tuple[Schema, bool]:
+    node, nullable = _resolve(copy.deepcopy(raw), defs)
+    extra = node.get("additionalProperties")
+    if extra is True or (node.get("type") == "object" and "properties" not in node and extra is None):
+        node["x-kubernetes-preserve-unknown-fields"] = True
+    elif isinstance(extra, dict):
+        node["additionalProperties"] = _structural(extra, defs)[0]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = node.get(bound)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            node[plain] = value
+            node[bound] = True
+    if "items" in node:
+        node["items"] = _structural(node["items"], defs)[0]
+    if "properties" in node:
+        required = set(node.get("required", []))
+        props = {}
+        for name, sub in node["properties"].items():
+            child, child_nullable = _structural(sub, defs)
+            is_object = child.get("type") == "object" and "properties" in child
+            if is_object and name not in required and not child_nullable:
+                child.setdefault("default", {})
+            props[name] = child
+        node["properties"] = props
+    drop = (
+        _DROP if not isinstance(node.get("additionalProperties"), dict) else _DROP - {"additionalProperties"}
+    )
+    return {k: v for k, v in node.items() if k not in drop}, nullable
+
+
+def openapi_schema(model: type[Any]) -> Schema:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _structural(raw, raw.get("$defs", {}))[0]
+
+
+PRINTER_COLUMNS = [
+    {"name": "Model", "type": "string", "jsonPath": ".status.servedName"},
+    {"name": "Tier", "type": "string", "jsonPath": ".spec.tier"},
+    {"name": "Shards", "type": "integer", "jsonPath": ".spec.engine.numShard"},
+    {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "P95", "type": "number", "jsonPath": ".status.metrics.p95LatencyMs", "description": "p95 ms"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def modelpool_crd() -> Schema:
+    spec_schema = openapi_schema(ModelPoolSpec)
+    spec_schema["description"] = "Desired pool of TGI servers."
+    status_schema = openapi_schema(ModelPoolStatus)
+    status_schema["properties"]["conditions"]["x-kubernetes-list-type"] = "map"
+    status_schema["properties"]["conditions"]["x-kubernetes-list-map-keys"] = ["type"]
+    status_schema["properties"]["conditions"]["items"]["required"] = ["type", "status", "reason"]
+    root = {
+        "type": "object",
+        "description": "A pool of HuggingFace Text Generation Inference servers for one model.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+        "x-kubernetes-validations": [rules.NAME_CEL],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": "modelpool",
+                "shortNames": ["mp"],
+                "categories": ["tgipool"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": root},
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas.min",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                }
+            ],
+        },
+    }
+
+
+def all_crds() -> list[Schema]:
+    return [modelpool_crd()]

@@ -1,0 +1,363 @@
+"""Pydantic models of the ModelPool custom resource: the single source of the CRD schema.
+
+Every rule the API server can enforce lives twice on purpose: as CEL in `json_schema_extra`
+(refused at `kubectl apply`) and as a Python check (refused by `tgipool render` and by the
+operator when it runs against a cluster without the CRD's rules). The messages are identical,
+and `tests/unit/test_validation.py` checks both sides name the same field and limit.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from tgipool.api import rules
+from tgipool.api.profiles import EffectiveLimits, effective_limits
+
+GROUP = "tgipool.io"
+VERSION = "v1alpha1"
+KIND = "ModelPool"
+PLURAL = "modelpools"
+
+Quantize = Literal[
+    "awq",
+    "compressed-tensors",
+    "eetq",
+    "exl2",
+    "gptq",
+    "marlin",
+    "bitsandbytes",
+    "bitsandbytes-nf4",
+    "bitsandbytes-fp4",
+    "fp8",
+]
+Dtype = Literal["float16", "bfloat16"]
+KvCacheDtype = Literal["fp8_e4m3fn", "fp8_e5m2"]
+Profile = Literal["short", "balanced", "long", "custom"]
+Tier = Literal["hot", "warm", "cold"]
+AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class Spec(BaseModel):
+    """Base for every spec object: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class SecretKeyRef(Spec):
+    name: str = Field(min_length=1, max_length=253, description="Secret in the pool's namespace.")
+    key: str = Field(default="token", min_length=1, description="Key inside the Secret.")
+
+
+class Architecture(Spec):
+    """Model shape for the capacity planner; optional."""
+
+    num_layers: int | None = Field(default=None, ge=1, description="Transformer layers.")
+    num_key_value_heads: int | None = Field(default=None, ge=1, description="KV heads (GQA).")
+    head_dim: int | None = Field(default=None, ge=1, description="Dimension of one attention head.")
+    parameters_b: float | None = Field(default=None, gt=0, description="Parameters, in billions.")
+
+
+class ModelSource(Spec):
+    id: str = Field(
+        min_length=1,
+        max_length=256,
+        description="HuggingFace repo id (org/name) or a path inside the weight cache.",
+    )
+    revision: str = Field(
+        default="main", min_length=1, max_length=128, description="Branch, tag or commit; pin a commit."
+    )
+    served_name: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Name clients ask for; several pools may serve one name. Defaults to the pool name.",
+    )
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret holding a HuggingFace token; never a literal token."
+    )
+    architecture: Architecture | None = Field(default=None, description="Shape, for the planner.")
+
+
+class LoraAdapter(Spec):
+    name: str = Field(min_length=1, max_length=128, description="Adapter name.")
+    id: str = Field(min_length=1, max_length=256, description="HF repo id, or an absolute path in the cache.")
+    revision: str | None = Field(default=None, max_length=128, description="Revision of a HF adapter.")
+
+
+class EnvVar(BaseModel):
+    """A container env var (Kubernetes EnvVar); valueFrom is passed through unchanged."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=256)
+    value: str | None = None
+    value_from: dict[str, Any] | None = Field(default=None, alias="valueFrom")
+
+
+class Engine(Spec):
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [rules.QUANTIZE_DTYPE_CEL]},
+    )
+    image: str = Field(
+        default="ghcr.io/huggingface/text-generation-inference:3.3.6",
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\s]+(:[^\s:]+|@sha256:[a-f0-9]{64})$",
+        description="TGI image, pinned by tag or digest; ':latest' is refused.",
+        json_schema_extra={"x-kubernetes-validations": [rules.IMAGE_CEL]},
+    )
+    num_shard: int = Field(
+        default=1, ge=1, le=8, description="Tensor-parallel shards = GPUs per replica (1..8)."
+    )
+    quantize: Quantize | None = Field(default=None, description="TGI --quantize.")
+    dtype: Dtype | None = Field(default=None, description="TGI --dtype; exclusive with quantize.")
+    kv_cache_dtype: KvCacheDtype | None = Field(default=None, description="TGI --kv-cache-dtype.")
+    lora_adapters: list[LoraAdapter] = Field(
+        default_factory=list, max_length=32, description="Adapters TGI loads at start; a change rolls pods."
+    )
+    extra_args: list[Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra launcher flags; may not repeat a flag that has a typed field.",
+        json_schema_extra={"x-kubernetes-validations": [rules.EXTRA_ARGS_CEL]},
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra environment; HF tokens only through model.hfTokenSecretRef.",
+        json_schema_extra={"x-kubernetes-validations": [rules.ENV_TOKEN_CEL]},
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Engine:
+        if self.quantize and self.dtype and not self.quantize.startswith("bitsandbytes"):
+            raise ValueError(rules.QUANTIZE_DTYPE_CEL["message"])
+        if self.image.endswith(":latest"):
+            raise ValueError(rules.IMAGE_CEL["message"])
+        for arg in self.extra_args:
+            if rules.typed_flag_of(arg):
+                raise ValueError(f"{rules.EXTRA_ARGS_CEL['message']} (got {arg!r})")
+        for env in self.env:
+            if env.name in rules.TOKEN_ENV_NAMES and env.value is not None:
+                raise ValueError(rules.ENV_TOKEN_CEL["message"])
+        return self
+
+
+class Limits(Spec):
+    max_input_tokens: int | None = Field(
+        default=None, ge=1, le=1_048_576, description="TGI --max-input-tokens."
+    )
+    max_total_tokens: int | None = Field(
+        default=None, ge=2, le=1_048_576, description="TGI --max-total-tokens."
+    )
+    max_batch_prefill_tokens: int | None = Field(
+        default=None, ge=1, le=4_194_304, description="TGI --max-batch-prefill-tokens."
+    )
+    max_concurrent_requests: int | None = Field(
+        default=None, ge=1, le=65_536, description="TGI --max-concurrent-requests."
+    )
+
+
+class Gpu(Spec):
+    resource: str = Field(default="nvidia.com/gpu", min_length=1, description="Extended resource name.")
+    product: str | None = Field(
+        default=None, max_length=63, description="Node label nvidia.com/gpu.product to select."
+    )
+    memory_gi_b: float | None = Field(default=None, gt=0, alias="memoryGiB", description="Memory per GPU.")
+    hourly_price: float | None = Field(default=None, ge=0, description="Price of one GPU-hour.")
+
+
+class Replicas(Spec):
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [rules.REPLICAS_CEL]},
+    )
+    min: int = Field(default=1, ge=0, le=1000, description="Floor; the scale subresource sets it.")
+    max: int | None = Field(default=None, ge=1, le=1000, description="Ceiling; defaults to min.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Replicas:
+        if self.max is not None and self.min > self.max:
+            raise ValueError(rules.REPLICAS_CEL["message"])
+        return self
+
+    @property
+    def ceiling(self) -> int:
+        return max(self.max if self.max is not None else self.min, self.min, 1)
+
+
+class Autoscaling(Spec):
+    queue_per_replica: int = Field(default=8, ge=1, le=100_000, description="Target TGI queue per replica.")
+    p95_latency_ms: int | None = Field(default=None, ge=1, description="Target p95 request latency.")
+    scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+
+
+class Cache(Spec):
+    size: str = Field(default="100Gi", pattern=QUANTITY_PATTERN, description="Weight cache PVC size.")
+    storage_class_name: str | None = Field(default=None, max_length=253)
+    access_mode: AccessMode = Field(default="ReadWriteMany", description="RWX lets replicas share weights.")
+
+
+class Routing(Spec):
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher wins ties between pools.")
+    tenants: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=256, description="Tenants allowed; empty = all."
+    )
+    fallback_pool: str | None = Field(
+        default=None, max_length=63, description="Pool to spill to on overload."
+    )
+
+
+class Slo(Spec):
+    p95_latency_ms: int | None = Field(default=None, ge=1, description="p95 latency objective.")
+
+
+class PodTemplate(Spec):
+    """The parts of a pod a platform team usually sets; merged into the TGI pods."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    topology_spread_constraints: list[dict[str, Any]] = Field(default_factory=list)
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+    runtime_class_name: str | None = None
+    image_pull_secrets: list[dict[str, Any]] = Field(default_factory=list)
+    security_context: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = Field(
+        default=None, description="cpu/memory for the TGI container; GPU count comes from numShard."
+    )
+
+
+class ModelPoolSpec(Spec):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [rules.TOKENS_CEL, rules.HOT_MIN_CEL, rules.CUSTOM_LIMITS_CEL]
+        },
+    )
+    model: ModelSource
+    engine: Engine = Field(default_factory=Engine)
+    profile: Profile = Field(default="balanced", description="Presets for limits; explicit limits win.")
+    limits: Limits = Field(default_factory=Limits)
+    gpu: Gpu = Field(default_factory=Gpu)
+    replicas: Replicas = Field(default_factory=Replicas)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    tier: Tier = Field(default="hot", description="hot: always loaded; warm: cached, 0 until demand; cold.")
+    cache: Cache = Field(default_factory=Cache)
+    routing: Routing = Field(default_factory=Routing)
+    slo: Slo = Field(default_factory=Slo)
+    pod_template: PodTemplate = Field(default_factory=PodTemplate)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelPoolSpec:
+        if self.profile == "custom" and (
+            self.limits.max_input_tokens is None or self.limits.max_total_tokens is None
+        ):
+            raise ValueError(rules.CUSTOM_LIMITS_CEL["message"])
+        eff = effective_limits(self.profile, self.limits)
+        if eff.max_input_tokens >= eff.max_total_tokens:
+            raise ValueError(rules.tokens_message(eff.max_input_tokens, eff.max_total_tokens))
+        if self.tier == "hot" and self.replicas.min < 1:
+            raise ValueError(rules.HOT_MIN_CEL["message"])
+        return self
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Metadata:
+        if (
+            len(self.name) > rules.MAX_POOL_NAME
+            or not re.match(DNS_LABEL_PATTERN, self.name)
+            or not (self.name[0].isalpha())
+        ):
+            raise ValueError(rules.NAME_CEL["message"])
+        return self
+
+
+class ModelPool(BaseModel):
+    """A ModelPool as read from the API server or a file (status is ignored here)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    api_version: str = Field(default=f"{GROUP}/{VERSION}", alias="apiVersion")
+    kind: Literal["ModelPool"] = "ModelPool"
+    metadata: Metadata
+    spec: ModelPoolSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+    @property
+    def served_name(self) -> str:
+        return self.spec.model.served_name or self.metadata.name
+
+    @property
+    def limits(self) -> EffectiveLimits:
+        return effective_limits(self.spec.profile, self.spec.limits)
+
+
+ConditionType = Literal["Ready", "Progressing", "Degraded", "CapacityFeasible", "WeightsCached", "SLOMet"]
+
+
+class Status(BaseModel):
+    """Base for status objects: camelCase, and None fields left out when written."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Condition(Status):
+    type: str = Field(description="Ready, Progressing, Degraded, CapacityFeasible, WeightsCached, SLOMet.")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(description="CamelCase reason for the status.")
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str | None = Field(default=None, description="RFC 3339; changes only on flips.")
+
+
+class CapacityStatus(Status):
+    kv_bytes_per_token: int | None = None
+    weights_bytes: int | None = None
+    max_concurrent_sequences: int | None = None
+
+
+class MetricsStatus(Status):
+    p95_latency_ms: float | None = None
+    queue_depth: float | None = None
+    tokens_per_second: float | None = None
+    cost_per_million_tokens: float | None = None
+    observed_at: str | None = None
+
+
+class ModelPoolStatus(Status):
+    observed_generation: int | None = None
+    phase: str | None = Field(
+        default=None,
+        description="Pending, FetchingWeights, Progressing, Ready, Degraded, Standby, Cold, Invalid.",
+    )
+    replicas: int | None = Field(default=None, description="Pods of the pool's Deployment.")
+    ready_replicas: int | None = None
+    ready: str | None = Field(default=None, description="readyReplicas/replicas, for kubectl get.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+    endpoint: str | None = Field(default=None, description="In-cluster URL of the pool's Service.")
+    served_name: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    capacity: CapacityStatus | None = None
+    metrics: MetricsStatus | None = None

@@ -1,0 +1,131 @@
+"""Validation rules shared by the CRD (CEL) and the Python models: one message each."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tgipool.api.profiles import PRESETS
+
+Rule = dict[str, Any]
+
+# Longest child name is NAME + "-fetch-" + 8 hex characters; every child name must fit in 63.
+FETCH_SUFFIX_LEN = len("-fetch-") + 8
+MAX_POOL_NAME = 63 - FETCH_SUFFIX_LEN
+
+# Launcher flags the typed spec already sets; repeating them in extraArgs would make two sources of truth.
+TYPED_FLAGS = (
+    "model-id",
+    "revision",
+    "num-shard",
+    "sharded",
+    "quantize",
+    "dtype",
+    "kv-cache-dtype",
+    "max-input-tokens",
+    "max-input-length",
+    "max-total-tokens",
+    "max-batch-prefill-tokens",
+    "max-concurrent-requests",
+    "lora-adapters",
+    "port",
+    "hostname",
+    "huggingface-hub-cache",
+    "usage-stats",
+)
+TYPED_FLAG_REGEX = "^--(" + "|".join(TYPED_FLAGS) + ")(=.*)?$"
+TOKEN_ENV_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
+
+
+def typed_flag_of(arg: str) -> str | None:
+    m = re.match(TYPED_FLAG_REGEX, arg)
+    return f"--{m.group(1)}" if m else None
+
+
+def _cel_limit(field: str, attr: str) -> str:
+    """CEL for the effective value of one limit: explicit, else the profile preset."""
+    short, bal, long_ = (getattr(PRESETS[p], attr) for p in ("short", "balanced", "long"))
+    return (
+        f"(has(self.limits) && has(self.limits.{field}) ? self.limits.{field} : "
+        f"(self.profile == 'short' ? {short} : self.profile == 'long' ? {long_} : {bal}))"
+    )
+
+
+_IN = _cel_limit("maxInputTokens", "max_input_tokens")
+_TOTAL = _cel_limit("maxTotalTokens", "max_total_tokens")
+
+
+def tokens_message(max_input: int, max_total: int) -> str:
+    return (
+        f"spec.limits.maxInputTokens ({max_input}) must be less than spec.limits.maxTotalTokens "
+        f"({max_total}), counting profile presets"
+    )
+
+
+TOKENS_CEL: Rule = {
+    "rule": f"{_IN} < {_TOTAL}",
+    "messageExpression": (
+        f"'spec.limits.maxInputTokens (' + string({_IN}) + ') must be less than "
+        f"spec.limits.maxTotalTokens (' + string({_TOTAL}) + '), counting profile presets'"
+    ),
+    "message": "spec.limits.maxInputTokens must be less than spec.limits.maxTotalTokens",
+    "reason": "FieldValueInvalid",
+    "fieldPath": ".limits",
+}
+HOT_MIN_CEL: Rule = {
+    "rule": "!has(self.tier) || self.tier != 'hot' || !has(self.replicas) || self.replicas.min >= 1",
+    "message": "spec.replicas.min must be at least 1 when spec.tier is hot (hot pools keep weights on GPUs)",
+    "fieldPath": ".replicas.min",
+}
+CUSTOM_LIMITS_CEL: Rule = {
+    "rule": (
+        "self.profile != 'custom' || "
+        "(has(self.limits) && has(self.limits.maxInputTokens) && has(self.limits.maxTotalTokens))"
+    ),
+    "message": "spec.profile custom needs spec.limits.maxInputTokens and spec.limits.maxTotalTokens",
+    "fieldPath": ".limits",
+}
+REPLICAS_CEL: Rule = {
+    "rule": "!has(self.max) || self.min <= self.max",
+    "messageExpression": (
+        "'spec.replicas.min (' + string(self.min) + ') must be at most spec.replicas.max (' "
+        "+ string(self.max) + ')'"
+    ),
+    "message": "spec.replicas.min must be at most spec.replicas.max",
+}
+QUANTIZE_DTYPE_CEL: Rule = {
+    "rule": "!has(self.quantize) || !has(self.dtype) || self.quantize.startsWith('bitsandbytes')",
+    "message": (
+        "spec.engine.quantize and spec.engine.dtype are exclusive; TGI allows both only for the "
+        "bitsandbytes variants"
+    ),
+}
+IMAGE_CEL: Rule = {
+    "rule": "!self.endsWith(':latest')",
+    "message": "spec.engine.image must pin a version: ':latest' is built from TGI main, not a release",
+}
+EXTRA_ARGS_CEL: Rule = {
+    "rule": f"self.all(a, !a.matches('{TYPED_FLAG_REGEX}'))",
+    "message": (
+        "spec.engine.extraArgs may not set a flag that has a typed field ("
+        + ", ".join("--" + f for f in TYPED_FLAGS)
+        + ")"
+    ),
+}
+ENV_TOKEN_CEL: Rule = {
+    "rule": "self.all(e, !(e.name in " + str(list(TOKEN_ENV_NAMES)) + ") || !has(e.value))",
+    "message": (
+        "spec.engine.env may not hold a literal HuggingFace token (HF_TOKEN, HUGGING_FACE_HUB_TOKEN, "
+        "HF_API_TOKEN); use spec.model.hfTokenSecretRef"
+    ),
+}
+NAME_CEL: Rule = {
+    "rule": (
+        f"self.metadata.name.size() <= {MAX_POOL_NAME} && "
+        "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    ),
+    "message": (
+        f"metadata.name must be a DNS-1035 label of at most {MAX_POOL_NAME} characters, so that child "
+        "names (longest: NAME-fetch-<8 hex>) stay within 63"
+    ),
+}

@@ -1,0 +1,133 @@
+"""`tgipool`: run the operator, render a pool's children, print the CRDs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from tgipool.api.crd import all_crds
+from tgipool.api.models import KIND
+from tgipool.config import DEFAULT_CONFIG
+from tgipool.desired import build_children
+
+
+def _dump_all(docs: Sequence[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
+
+
+def _pools_in(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for p in paths:
+        files = sorted(Path(p).glob("*.yaml")) if Path(p).is_dir() else [Path(p)]
+        for f in files:
+            for doc in yaml.safe_load_all(f.read_text()):
+                if isinstance(doc, dict) and doc.get("kind") == KIND:
+                    yield str(f), doc
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from tgipool.handlers.reconcile import describe_validation_error, parse_pool
+
+    out: list[dict[str, Any]] = []
+    for source, doc in _pools_in(args.filename):
+        doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+        try:
+            pool = parse_pool(doc)
+        except ValidationError as err:
+            name = doc.get("metadata", {}).get("name", "?")
+            print(f"error: {source}: ModelPool {name}: {describe_validation_error(err)}", file=sys.stderr)
+            return 2
+        out += build_children(pool, DEFAULT_CONFIG).all()
+    sys.stdout.write(_dump_all(out))
+    return 0
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    text = _dump_all(all_crds())
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    import kopf
+
+    import tgipool.handlers.pool  # noqa: F401  registers the handlers
+
+    kopf.configure(
+        verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.FULL
+    )
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    asyncio.run(
+        kopf.operator(
+            namespaces=args.namespace or [],
+            clusterwide=not args.namespace,
+            standalone=args.peering is None,
+            peering_name=args.peering,
+            liveness_endpoint=args.liveness,
+        )
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tgipool",
+        description="Run pools of HuggingFace Text Generation Inference servers on Kubernetes.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig")
+    run.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        metavar="NS",
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    run.add_argument("--peering", metavar="NAME", help="kopf peering object, for a standby replica")
+    run.add_argument(
+        "--liveness", metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    run.add_argument("--json-logs", action="store_true", help="structured JSON logs")
+    run.add_argument("--verbose", "-v", action="store_true", help="debug logs")
+    run.set_defaults(func=cmd_run)
+
+    render = sub.add_parser(
+        "render", help="print the children of ModelPools as YAML (for GitOps review and kubectl diff)"
+    )
+    render.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="a YAML file or a folder of them (repeatable)",
+    )
+    render.add_argument("--namespace", "-n", default="default", help="namespace for pools that name none")
+    render.set_defaults(func=cmd_render)
+
+    crds = sub.add_parser("crds", help="print the CRDs generated from the API models")
+    crds.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    crds.set_defaults(func=cmd_crds)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The HPA and PodDisruptionBudget of a pool.
+
+HPA metric names are a contract with the Prometheus adapter rules (README, "Autoscaling metrics"):
+- Pods metric `tgi_queue_size`: TGI's own gauge, averaged over the pool's pods;
+- Object metric `tgipool_request_latency_p95_ms` on the pool's Service: the pool-wide p95.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tgipool.api.models import ModelPool
+from tgipool.config import OperatorConfig
+from tgipool.desired import names
+
+Manifest = dict[str, Any]
+
+QUEUE_METRIC = "tgi_queue_size"
+P95_METRIC = "tgipool_request_latency_p95_ms"
+
+
+def p95_target_ms(pool: ModelPool) -> int | None:
+    return pool.spec.autoscaling.p95_latency_ms or pool.spec.slo.p95_latency_ms
+
+
+def build_hpa(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
+    scaling = pool.spec.autoscaling
+    metrics: list[Manifest] = [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": QUEUE_METRIC},
+                "target": {"type": "AverageValue", "averageValue": str(scaling.queue_per_replica)},
+            },
+        }
+    ]
+    p95 = p95_target_ms(pool)
+    if p95 is not None:
+        metrics.append(
+            {
+                "type": "Object",
+                "object": {
+                    "describedObject": {"apiVersion": "v1", "kind": "Service", "name": pool.name},
+                    "metric": {"name": P95_METRIC},
+                    "target": {"type": "Value", "value": str(p95)},
+                },
+            }
+        )
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": names.metadata(pool, pool.name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": pool.name},
+            # The HPA cannot hold zero; warm pools scale 0 <-> 1 through the operator.
+            "minReplicas": max(1, pool.spec.replicas.min),
+            "maxReplicas": pool.spec.replicas.ceiling,
+            "metrics": metrics,
+            "behavior": {
+                "scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds},
+            },
+        },
+    }
+
+
+def build_pdb(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": names.metadata(pool, pool.name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": names.selector_labels(pool)}},
+    }

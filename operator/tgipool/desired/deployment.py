@@ -1,0 +1,125 @@
+"""The TGI Deployment of a pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tgipool.api.models import ModelPool
+from tgipool.config import OperatorConfig
+from tgipool.desired import names
+from tgipool.desired.tgi_args import tgi_args
+
+Manifest = dict[str, Any]
+
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+def token_env(pool: ModelPool) -> list[Manifest]:
+    """HF_TOKEN only from the Secret reference: the value never appears in the manifest."""
+    ref = pool.spec.model.hf_token_secret_ref
+    if ref is None:
+        return []
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def user_env(pool: ModelPool) -> list[Manifest]:
+    return [e.model_dump(by_alias=True, exclude_none=True) for e in pool.spec.engine.env]
+
+
+def _container(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
+    gpus = str(pool.spec.engine.num_shard)
+    gpu_resource = pool.spec.gpu.resource
+    user = pool.spec.pod_template.resources or {}
+    requests = {**user.get("requests", {}), gpu_resource: gpus}
+    limits = {**user.get("limits", {}), gpu_resource: gpus}
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    return {
+        "name": "tgi",
+        "image": pool.spec.engine.image,
+        "args": tgi_args(pool, cfg),
+        "env": [
+            {"name": "HF_HOME", "value": cfg.cache_mount_path},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "NUM_SHARD", "value": gpus},
+            {"name": "USAGE_STATS", "value": "off"},
+            *token_env(pool),
+            *user_env(pool),
+        ],
+        "ports": [{"name": "http", "containerPort": cfg.container_port, "protocol": "TCP"}],
+        "resources": {"requests": requests, "limits": limits},
+        "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": cfg.startup_probe_failures},
+        "readinessProbe": {**health, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+        "volumeMounts": [
+            {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108  NCCL shared memory
+            {"name": "weights", "mountPath": cfg.cache_mount_path, "readOnly": True},
+        ],
+    }
+
+
+def _pod_spec(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
+    tpl = pool.spec.pod_template
+    node_selector = dict(tpl.node_selector)
+    if pool.spec.gpu.product:
+        node_selector.setdefault(GPU_PRODUCT_LABEL, pool.spec.gpu.product)
+    spec: Manifest = {
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": cfg.termination_grace_seconds,
+        "containers": [_container(pool, cfg)],
+        "tolerations": [
+            {"key": pool.spec.gpu.resource, "operator": "Exists", "effect": "NoSchedule"},
+            *tpl.tolerations,
+        ],
+        "volumes": [
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}},
+            {
+                "name": "weights",
+                "persistentVolumeClaim": {"claimName": names.cache_name(pool), "readOnly": True},
+            },
+        ],
+    }
+    if node_selector:
+        spec["nodeSelector"] = node_selector
+    optional = {
+        "affinity": tpl.affinity,
+        "priorityClassName": tpl.priority_class_name,
+        "serviceAccountName": tpl.service_account_name,
+        "runtimeClassName": tpl.runtime_class_name,
+        "securityContext": tpl.security_context,
+        "imagePullSecrets": tpl.image_pull_secrets or None,
+        "topologySpreadConstraints": tpl.topology_spread_constraints or None,
+    }
+    spec.update({k: v for k, v in optional.items() if v is not None})
+    return spec
+
+
+def build_deployment(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
+    tpl = pool.spec.pod_template
+    spec: Manifest = {
+        "revisionHistoryLimit": 3,
+        # TGI can spend many minutes downloading, converting and warming up.
+        "progressDeadlineSeconds": 3600,
+        "selector": {"matchLabels": names.selector_labels(pool)},
+        # Never drop below the serving floor during a roll; the surge pod needs spare GPUs.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": {
+            "metadata": {
+                "labels": {**tpl.labels, **names.labels(pool)},
+                "annotations": {
+                    **tpl.annotations,
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(cfg.container_port),
+                    "prometheus.io/path": "/metrics",
+                },
+            },
+            "spec": _pod_spec(pool, cfg),
+        },
+    }
+    if pool.spec.tier != "hot":
+        # Warm pools idle at zero; the HPA cannot go below one, so the operator owns 0 <-> 1.
+        spec["replicas"] = 0
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": names.metadata(pool, pool.name),
+        "spec": spec,
+    }

@@ -1,0 +1,74 @@
+"""Names, labels and owner references shared by every child of a pool."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from tgipool.api.models import GROUP, KIND, VERSION, ModelPool
+
+Manifest = dict[str, Any]
+
+POOL_LABEL = f"{GROUP}/pool"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY = "tgipool"
+SERVER = "inference-server"
+FETCH = "weights-fetch"
+
+
+def cache_name(pool: ModelPool) -> str:
+    return f"{pool.name}-cache"
+
+
+def short_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def fetch_key(pool: ModelPool) -> dict[str, Any]:
+    """What the prefetch Job downloads; a change means a new Job (Job templates are immutable)."""
+    spec = pool.spec
+    return {
+        "image": spec.engine.image,
+        "model": spec.model.id,
+        "revision": spec.model.revision,
+        "adapters": [[a.id, a.revision] for a in spec.engine.lora_adapters if not a.id.startswith("/")],
+    }
+
+
+def fetch_job_name(pool: ModelPool) -> str:
+    return f"{pool.name}-fetch-{short_hash(fetch_key(pool))}"
+
+
+def selector_labels(pool: ModelPool, component: str = SERVER) -> dict[str, str]:
+    return {POOL_LABEL: pool.name, COMPONENT_LABEL: component}
+
+
+def labels(pool: ModelPool, component: str = SERVER) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "text-generation-inference",
+        "app.kubernetes.io/instance": pool.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "tgipool",
+        **selector_labels(pool, component),
+    }
+
+
+def metadata(pool: ModelPool, name: str, component: str = SERVER) -> Manifest:
+    meta: Manifest = {"name": name, "namespace": pool.namespace, "labels": labels(pool, component)}
+    if pool.metadata.uid:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": pool.name,
+                "uid": pool.metadata.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return meta
+
+
+def selector_string(pool: ModelPool) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(pool).items())

@@ -1,0 +1,111 @@
+"""In-memory caches of every child of every pool, kept by kopf indexes.
+
+kopf fills all indexes before it runs any other handler, so a reconcile right after an operator
+restart already sees every child and writes nothing for children that match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from tgipool.api.models import GROUP, PLURAL, VERSION
+from tgipool.desired import names
+from tgipool.status import Observed
+
+Manifest = dict[str, Any]
+Key = tuple[str, str]
+
+MANAGED: dict[str, Any] = {
+    "app.kubernetes.io/managed-by": names.MANAGED_BY,
+    names.POOL_LABEL: kopf.PRESENT,
+}
+# (group, version, plural, kind) of every child kind the operator writes and watches.
+CHILD_KINDS = [
+    ("", "v1", "services", "Service"),
+    ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+    ("batch", "v1", "jobs", "Job"),
+    ("apps", "v1", "deployments", "Deployment"),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+]
+
+
+def slim(body: Mapping[str, Any]) -> Manifest:
+    """Drops managedFields (the bulk of an object) before caching it."""
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    return {**{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
+
+
+def _key(namespace: str | None, labels: Mapping[str, str]) -> Key:
+    return (namespace or "", labels[names.POOL_LABEL])
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def pool_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, Manifest]:
+    return {(namespace or "", name): slim(body)}
+
+
+def _register_child_index(group: str, version: str, plural: str, kind: str) -> None:
+    def index(
+        body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> dict[Key, Manifest]:
+        return {_key(namespace, labels): slim(body)}
+
+    index.__name__ = f"{plural}_index"
+    kopf.index(group, version, plural, labels=MANAGED, id=f"{plural}_index")(index)
+
+
+for _kind in CHILD_KINDS:
+    _register_child_index(*_kind[:4])
+
+
+@kopf.index("", "v1", "pods", labels={**MANAGED, names.COMPONENT_LABEL: names.SERVER})
+def pods_index(
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> dict[Key, Manifest]:
+    return {
+        _key(namespace, labels): {
+            "metadata": {k: body["metadata"].get(k) for k in ("name", "deletionTimestamp", "labels")},
+            "status": {
+                k: body.get("status", {}).get(k)
+                for k in ("phase", "conditions", "containerStatuses", "podIP")
+            },
+        }
+    }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every cached child of one pool, by (kind, name)."""
+
+    children: dict[tuple[str, str], Manifest]
+    pods: list[Manifest]
+
+    def get(self, kind: str, name: str) -> Manifest | None:
+        return self.children.get((kind, name))
+
+    def of_kind(self, kind: str) -> list[Manifest]:
+        return [m for (k, _), m in self.children.items() if k == kind]
+
+    def observed(self, deployment: str, fetch_job: str | None, cache: str) -> Observed:
+        return Observed(
+            deployment=self.get("Deployment", deployment),
+            fetch_job=self.get("Job", fetch_job) if fetch_job else None,
+            cache=self.get("PersistentVolumeClaim", cache),
+            pods=self.pods,
+        )
+
+
+def snapshot(kwargs: Mapping[str, Any], key: Key) -> Snapshot:
+    """Gathers one pool's children from the indexes kopf passes to every handler."""
+    children: dict[tuple[str, str], Manifest] = {}
+    for _group, _version, plural, kind in CHILD_KINDS:
+        store = kwargs[f"{plural}_index"].get(key) or []
+        for body in store:
+            children[(kind, body["metadata"]["name"])] = body
+    pods = list(kwargs["pods_index"].get(key) or [])
+    return Snapshot(children=children, pods=pods)

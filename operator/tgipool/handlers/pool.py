@@ -1,0 +1,73 @@
+"""kopf handlers: thin wrappers that hand a pool and its cached children to `reconcile`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from tgipool.api.models import GROUP, PLURAL, VERSION
+from tgipool.config import DEFAULT_CONFIG
+from tgipool.desired import names
+from tgipool.handlers import indexes
+from tgipool.handlers.reconcile import reconcile
+from tgipool.k8s.client import Kube
+
+FIELD_MANAGER = "tgipool"
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Every kopf setting in one place; the API client is made here, not at import."""
+    prefix = "tgipool.io"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{prefix}/finalizer"
+    # Only warnings from kopf's own logs become Events; our own Events mark real writes.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "tgipool-operator"
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.execution.max_workers = 16
+    settings.networking.request_timeout = 60
+    memo.kube = Kube.from_environment(field_manager=FIELD_MANAGER)
+    memo.cfg = DEFAULT_CONFIG
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def pool_changed(
+    body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    snap = indexes.snapshot(kwargs, (namespace or "", name))
+    await reconcile(indexes.slim(body), snap, memo.kube, memo.cfg, logger)
+
+
+async def child_changed(
+    namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    """A child changed (drift, deletion, status): re-run the owner's reconcile from the caches."""
+    key = (namespace or "", labels[names.POOL_LABEL])
+    store = kwargs["pool_index"].get(key)
+    if not store:
+        return
+    pool = next(iter(store))
+    if pool["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        await reconcile(pool, indexes.snapshot(kwargs, key), memo.kube, memo.cfg, logger)
+    except (kopf.PermanentError, kopf.TemporaryError) as e:
+        # The pool's own handler retries; a child event only refreshes.
+        logger.info("reconcile of %s/%s from a child event: %s", *key, e)
+
+
+for _group, _version, _plural, _kind in indexes.CHILD_KINDS:
+    kopf.on.event(_group, _version, _plural, labels=indexes.MANAGED, id=f"{_plural}_changed")(child_changed)
+kopf.on.event(
+    "", "v1", "pods", labels={**indexes.MANAGED, names.COMPONENT_LABEL: names.SERVER}, id="pods_changed"
+)(child_changed)

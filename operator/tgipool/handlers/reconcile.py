@@ -1,0 +1,181 @@
+"""The one idempotent path for create, update, resume and child events: validate, build, apply
+what differs, write status only when it changed."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from tgipool.api.models import ModelPool
+from tgipool.config import OperatorConfig
+from tgipool.desired import build_children, names
+from tgipool.handlers.indexes import Snapshot
+from tgipool.k8s.client import ApplyError, Kube
+from tgipool.k8s.compare import needs_apply, stamped
+from tgipool.status import compute_status, invalid_status, weights_verdict
+
+Manifest = dict[str, Any]
+STATUS_KEYS = (
+    "observedGeneration",
+    "phase",
+    "replicas",
+    "readyReplicas",
+    "ready",
+    "selector",
+    "endpoint",
+    "servedName",
+    "conditions",
+)
+
+_locks: dict[tuple[str, str], asyncio.Lock] = {}
+# Status we last wrote, by pool uid: the watch may not have delivered it yet, and comparing
+# against a stale copy would write the same status twice.
+_written: dict[str, Manifest] = {}
+
+
+@dataclass
+class Outcome:
+    applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status_written: bool = False
+    errors: list[ApplyError] = field(default_factory=list)
+
+    @property
+    def writes(self) -> int:
+        return len(self.applied) + len(self.deleted) + int(self.status_written)
+
+
+def _event_target(raw: Mapping[str, Any]) -> kopf.Body:
+    return kopf.Body(cast("kopf.RawBody", dict(raw)))
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """One line per problem, each naming the field path the user wrote."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc and not msg.startswith(("spec.", "metadata.")) else msg)
+    return "; ".join(parts)
+
+
+def parse_pool(raw: Mapping[str, Any]) -> ModelPool:
+    return ModelPool.model_validate(
+        {
+            "apiVersion": raw.get("apiVersion"),
+            "kind": raw.get("kind"),
+            "metadata": raw["metadata"],
+            "spec": raw.get("spec") or {},
+        }
+    )
+
+
+def status_patch(new: Manifest, old: Mapping[str, Any]) -> Manifest | None:
+    """The merge patch that turns `old` into `new` for the keys the operator owns, or None."""
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in STATUS_KEYS if k not in new and old.get(k) is not None})
+    return patch or None
+
+
+async def reconcile(
+    raw: Mapping[str, Any], snap: Snapshot, kube: Kube, cfg: OperatorConfig, logger: kopf.Logger
+) -> Outcome:
+    meta = raw["metadata"]
+    key = (meta.get("namespace", ""), meta["name"])
+    lock = _locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        return await _reconcile(raw, snap, kube, cfg, logger)
+
+
+async def _reconcile(
+    raw: Mapping[str, Any], snap: Snapshot, kube: Kube, cfg: OperatorConfig, logger: kopf.Logger
+) -> Outcome:
+    out = Outcome()
+    meta = raw["metadata"]
+    old_status: Mapping[str, Any] = raw.get("status") or {}
+    previous = list(old_status.get("conditions") or [])
+    try:
+        pool = parse_pool(raw)
+    except ValidationError as err:
+        message = describe_validation_error(err)
+        new = invalid_status(meta.get("generation"), message, previous, now_rfc3339())
+        await _write_status(kube, meta, new, old_status, out)
+        if out.status_written:
+            kopf.warn(_event_target(raw), reason="InvalidSpec", message=message)
+        raise kopf.PermanentError(f"invalid ModelPool: {message}") from err
+
+    children = build_children(pool, cfg)
+    weights = weights_verdict(pool, snap.get("Job", names.fetch_job_name(pool)))
+    deployment_exists = snap.get("Deployment", pool.name) is not None
+    plan = [children.service, children.cache, children.fetch_job]
+    if weights.status == "True":
+        plan.append(children.deployment)
+    if weights.status == "True" or deployment_exists:
+        plan += [children.hpa, children.pdb]
+
+    for manifest in filter(None, plan):
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        if not needs_apply(manifest, snap.get(kind, name)):
+            continue
+        try:
+            await asyncio.to_thread(kube.apply, stamped(manifest))
+            out.applied.append(f"{kind}/{name}")
+        except ApplyError as e:
+            out.errors.append(e)
+
+    current_job = children.fetch_job["metadata"]["name"] if children.fetch_job else None
+    for job in snap.of_kind("Job"):
+        if job["metadata"]["name"] != current_job and not job["metadata"].get("deletionTimestamp"):
+            await asyncio.to_thread(kube.delete, "batch/v1", "Job", pool.namespace, job["metadata"]["name"])
+            out.deleted.append(f"Job/{job['metadata']['name']}")
+
+    observed = snap.observed(pool.name, current_job, names.cache_name(pool))
+    new = compute_status(pool, observed, cfg, previous, now_rfc3339())
+    if out.errors:
+        first = out.errors[0]
+        message = f"the API server refused {first.kind} {first.name}: {first.message}"
+        new["conditions"] = [
+            c
+            if c["type"] != "Degraded"
+            else {**c, "status": "True", "reason": "ApplyFailed", "message": message}
+            for c in new["conditions"]
+        ]
+        new["phase"] = "Degraded"
+    await _write_status(kube, meta, new, old_status, out)
+
+    if out.applied or out.deleted:
+        done = ", ".join(out.applied + [f"deleted {d}" for d in out.deleted])
+        kopf.info(_event_target(raw), reason="Reconciled", message=f"server-side applied {done}")
+        logger.info("reconciled pool=%s/%s writes=%d %s", pool.namespace, pool.name, out.writes, done)
+    else:
+        logger.debug("pool=%s/%s unchanged; no writes", pool.namespace, pool.name)
+    if out.errors:
+        for refused in out.errors:
+            kopf.warn(_event_target(raw), reason="ApplyFailed", message=str(refused))
+        raise kopf.TemporaryError(f"{len(out.errors)} children refused: {out.errors[0]}", delay=30)
+    return out
+
+
+async def _write_status(
+    kube: Kube, meta: Mapping[str, Any], new: Manifest, old: Mapping[str, Any], out: Outcome
+) -> None:
+    uid = meta.get("uid") or ""
+    mine = _written.get(uid)
+    if mine is not None and status_patch(new, mine) is None:
+        return
+    patch = status_patch(new, old)
+    if patch is None:
+        return
+    await asyncio.to_thread(kube.patch_status, meta.get("namespace", ""), meta["name"], patch)
+    _written[uid] = new
+    out.status_written = True

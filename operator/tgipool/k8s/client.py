@@ -1,0 +1,120 @@
+"""The Kubernetes client made at startup: server-side apply, reads, deletes and status patches.
+
+Uses the `kubernetes` package's ApiClient for config loading (kubeconfig, in-cluster, exec
+plugins) and raw REST calls, so the operator needs no discovery round-trips. Calls are blocking;
+handlers run them in threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from tgipool.api.models import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+# apiVersion, kind -> plural; the closed set of kinds the operator writes.
+PLURALS = {
+    ("v1", "Service"): "services",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("v1", "Pod"): "pods",
+    ("apps/v1", "Deployment"): "deployments",
+    ("batch/v1", "Job"): "jobs",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    (f"{GROUP}/{VERSION}", "ModelPool"): PLURAL,
+}
+
+
+class ApplyError(Exception):
+    """The API server refused a write; `reason` and `message` are safe to show in status."""
+
+    def __init__(self, kind: str, name: str, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{kind}/{name}: {status} {reason}: {message}")
+        self.kind, self.name, self.status, self.reason, self.message = kind, name, status, reason, message
+
+
+def path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    out = f"{prefix}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}"
+    return f"{out}/{name}" if name else out
+
+
+@dataclass
+class Kube:
+    api: Any  # kubernetes.client.ApiClient
+    field_manager: str = "tgipool"
+
+    @classmethod
+    def from_environment(cls, field_manager: str = "tgipool", pool_size: int = 16) -> Kube:
+        try:
+            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        conf = kubernetes.client.Configuration.get_default_copy()
+        conf.connection_pool_maxsize = pool_size
+        api = kubernetes.client.ApiClient(conf)
+        api.user_agent = f"{field_manager}-operator"
+        return cls(api=api, field_manager=field_manager)
+
+    def _call(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            resp = self.api.call_api(
+                url,
+                method,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+            )
+        except ApiException as e:
+            reason, message = e.reason or "", ""
+            try:
+                payload = json.loads(e.body or "")
+                reason, message = payload.get("reason", reason), payload.get("message", "")
+            except (TypeError, ValueError):
+                message = str(e.body)[:500]
+            kind = url.rsplit("/", 2)[-2] if "/" in url else url
+            raise ApplyError(kind, url.rsplit("/", 1)[-1], e.status, reason, message) from e
+        return json.loads(resp.data) if resp.data else None
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        query = [("fieldManager", self.field_manager), ("force", "true")]
+        result: dict[str, Any] = self._call("PATCH", url, manifest, "application/apply-patch+yaml", query)
+        return result
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        try:
+            self._call(
+                "DELETE",
+                path(api_version, kind, namespace, name),
+                {"propagationPolicy": "Background"},
+                "application/json",
+            )
+        except ApplyError as e:
+            if e.status != 404:
+                raise
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        url = path(f"{GROUP}/{VERSION}", "ModelPool", namespace, name) + "/status"
+        self._call("PATCH", url, {"status": status}, "application/merge-patch+json")

@@ -1,0 +1,90 @@
+"""PURE: does a child need a server-side apply? Decides "write nothing when nothing changed".
+
+A child is applied when it is missing, when the hash of the desired manifest stamped on it at the
+last apply differs (this catches fields we stopped setting), or when any field we set drifted
+(someone edited it). Fields the API server or other controllers add are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+HASH_ANNOTATION = "tgipool.io/desired-hash"
+
+_SUFFIX: dict[str, int | Decimal] = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+}
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([a-zA-Z]*)$")
+
+
+def _quantity(value: str) -> Decimal | None:
+    m = _QUANTITY.match(value)
+    if not m or m.group(2) not in _SUFFIX:
+        return None
+    try:
+        return Decimal(m.group(1)) * Decimal(_SUFFIX[m.group(2)])
+    except InvalidOperation:
+        return None
+
+
+def _same_scalar(want: Any, have: Any) -> bool:
+    if want == have:
+        return True
+    if isinstance(want, bool) or isinstance(have, bool):
+        return False
+    a, b = str(want), str(have)
+    if a == b:
+        return True
+    qa, qb = _quantity(a), _quantity(b)
+    return qa is not None and qa == qb
+
+
+def is_subset(want: Any, have: Any) -> bool:
+    """True when every field of `want` is present in `have` with an equal value."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(k in have and is_subset(v, have[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(want) == len(have)
+            and all(is_subset(w, h) for w, h in zip(want, have, strict=True))
+        )
+    return _same_scalar(want, have)
+
+
+def desired_hash(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stamped(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with its own hash in an annotation (computed before adding it)."""
+    h = desired_hash(manifest)
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**meta.get("annotations", {}), HASH_ANNOTATION: h}
+    return {**manifest, "metadata": meta}
+
+
+def needs_apply(desired: dict[str, Any], observed: dict[str, Any] | None) -> bool:
+    if observed is None:
+        return True
+    want = stamped(desired)
+    return not is_subset(want, observed)

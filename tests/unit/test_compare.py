@@ -1,0 +1,78 @@
+"""When the operator writes and when it must not."""
+
+from __future__ import annotations
+
+import copy
+
+from tgipool.handlers.reconcile import status_patch
+from tgipool.k8s.compare import HASH_ANNOTATION, is_subset, needs_apply, stamped
+
+DESIRED = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "p", "namespace": "ml", "labels": {"a": "1"}},
+    "spec": {
+        "template": {
+            "spec": {
+                "containers": [
+                    {
+                        "name": "tgi",
+                        "args": ["--x=1"],
+                        "resources": {"limits": {"memory": "1Gi", "cpu": "0.5"}},
+                    }
+                ]
+            }
+        }
+    },
+}
+
+
+def observed_after_apply() -> dict:
+    obs = copy.deepcopy(stamped(DESIRED))
+    # What the API server adds or normalises.
+    obs["metadata"].update(uid="u", resourceVersion="7", generation=1)
+    obs["spec"]["replicas"] = 1
+    c = obs["spec"]["template"]["spec"]["containers"][0]
+    c.update(imagePullPolicy="IfNotPresent", terminationMessagePath="/dev/termination-log")
+    c["resources"]["limits"]["cpu"] = "500m"
+    obs["status"] = {"readyReplicas": 1}
+    return obs
+
+
+def test_unchanged_child_is_not_applied() -> None:
+    assert not needs_apply(DESIRED, observed_after_apply())
+
+
+def test_missing_child_is_applied() -> None:
+    assert needs_apply(DESIRED, None)
+
+
+def test_hand_edit_is_reverted() -> None:
+    obs = observed_after_apply()
+    obs["spec"]["template"]["spec"]["containers"][0]["args"] = ["--x=2"]
+    assert needs_apply(DESIRED, obs)
+
+
+def test_dropped_field_is_applied_through_the_hash() -> None:
+    obs = observed_after_apply()
+    smaller = copy.deepcopy(DESIRED)
+    del smaller["metadata"]["labels"]
+    assert is_subset(stamped(smaller)["spec"], obs["spec"])
+    assert needs_apply(smaller, obs), "the stamped hash differs, so the removal is applied"
+    assert (
+        stamped(smaller)["metadata"]["annotations"][HASH_ANNOTATION]
+        != obs["metadata"]["annotations"][HASH_ANNOTATION]
+    )
+
+
+def test_quantities_compare_by_value() -> None:
+    assert is_subset({"cpu": "0.5", "m": "1Gi"}, {"cpu": "500m", "m": "1024Mi"})
+    assert not is_subset({"cpu": "1"}, {"cpu": "500m"})
+    assert not is_subset({"flag": True}, {"flag": "True"})
+
+
+def test_status_patch_only_when_changed() -> None:
+    old = {"phase": "Ready", "replicas": 2, "kopf": {"x": 1}}
+    assert status_patch({"phase": "Ready", "replicas": 2}, old) is None
+    assert status_patch({"phase": "Degraded", "replicas": 2}, old) == {"phase": "Degraded"}
+    assert status_patch({"phase": "Invalid"}, old) == {"phase": "Invalid", "replicas": None}

@@ -1,0 +1,140 @@
+"""Status computation from observed children: phases, reasons and transition times."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tgipool.api.models import ModelPool
+from tgipool.config import DEFAULT_CONFIG
+from tgipool.status import Observed, compute_status, invalid_status
+
+T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+
+
+def pool(doc: dict[str, Any]) -> ModelPool:
+    return ModelPool.model_validate(doc)
+
+
+def job(succeeded: int = 0, failed_message: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"succeeded": succeeded}
+    if failed_message:
+        status["conditions"] = [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": failed_message}
+        ]
+    return {"metadata": {"name": "fetch"}, "status": status}
+
+
+def deployment(replicas: int, ready: int, updated: int | None = None, gen: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": gen},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": gen,
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": replicas if updated is None else updated,
+        },
+    }
+
+
+def conds(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_ready_when_min_replicas_ready(short_pool: dict[str, Any]) -> None:
+    s = compute_status(
+        pool(short_pool), Observed(deployment=deployment(2, 2), fetch_job=job(1)), DEFAULT_CONFIG, [], T0
+    )
+    c = conds(s)
+    assert s["phase"] == "Ready" and s["ready"] == "2/2" and s["observedGeneration"] == 3
+    assert c["Ready"]["status"] == "True" and c["Ready"]["reason"] == "ReplicasReady"
+    assert c["Progressing"]["status"] == "False" and c["Degraded"]["status"] == "False"
+    assert c["WeightsCached"]["reason"] == "Fetched"
+    assert all(x["observedGeneration"] == 3 for x in s["conditions"])
+    assert s["selector"] == "tgipool.io/pool=llama3-8b-ru-short,app.kubernetes.io/component=inference-server"
+    assert s["endpoint"] == "http://llama3-8b-ru-short.ml.svc:80"
+
+
+def test_fetching_then_failed(short_pool: dict[str, Any]) -> None:
+    s = compute_status(pool(short_pool), Observed(fetch_job=job(0)), DEFAULT_CONFIG, [], T0)
+    assert s["phase"] == "FetchingWeights"
+    assert conds(s)["Ready"]["reason"] == "FetchingWeights"
+    s = compute_status(pool(short_pool), Observed(fetch_job=job(0, "401 gated repo")), DEFAULT_CONFIG, [], T0)
+    c = conds(s)
+    assert s["phase"] == "Degraded"
+    assert c["Degraded"]["reason"] == "FetchFailed" and "401 gated repo" in c["Degraded"]["message"]
+    assert c["Progressing"]["status"] == "False"
+
+
+def test_insufficient_gpu_is_named(short_pool: dict[str, Any]) -> None:
+    pod = {
+        "metadata": {"name": "p"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": (
+                        "0/6 nodes are available: 5 Insufficient nvidia.com/gpu, "
+                        "1 node(s) didn't match selector."
+                    ),
+                }
+            ]
+        },
+    }
+    s = compute_status(
+        pool(short_pool),
+        Observed(deployment=deployment(2, 0), fetch_job=job(1), pods=[pod]),
+        DEFAULT_CONFIG,
+        [],
+        T0,
+    )
+    c = conds(s)
+    assert s["phase"] == "Degraded"
+    assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "InsufficientGPU"
+    assert (
+        "Insufficient nvidia.com/gpu" in c["Ready"]["message"] and "1 nvidia.com/gpu" in c["Ready"]["message"]
+    )
+
+
+def test_rolling_out_is_progressing_but_still_ready(short_pool: dict[str, Any]) -> None:
+    s = compute_status(
+        pool(short_pool),
+        Observed(deployment=deployment(2, 2, updated=1), fetch_job=job(1)),
+        DEFAULT_CONFIG,
+        [],
+        T0,
+    )
+    c = conds(s)
+    assert c["Ready"]["status"] == "True" and c["Progressing"]["reason"] == "RollingOut"
+    assert s["phase"] == "Progressing"
+
+
+def test_transition_time_moves_only_on_flip(short_pool: dict[str, Any]) -> None:
+    p = pool(short_pool)
+    first = compute_status(p, Observed(deployment=deployment(2, 1), fetch_job=job(1)), DEFAULT_CONFIG, [], T0)
+    same = compute_status(
+        p, Observed(deployment=deployment(2, 1), fetch_job=job(1)), DEFAULT_CONFIG, first["conditions"], T1
+    )
+    assert conds(same)["Ready"]["lastTransitionTime"] == T0
+    flipped = compute_status(
+        p, Observed(deployment=deployment(2, 2), fetch_job=job(1)), DEFAULT_CONFIG, same["conditions"], T1
+    )
+    assert conds(flipped)["Ready"]["lastTransitionTime"] == T1
+    assert conds(flipped)["WeightsCached"]["lastTransitionTime"] == T0
+
+
+def test_warm_at_zero_is_standby(short_pool: dict[str, Any]) -> None:
+    short_pool["spec"].update(tier="warm", replicas={"min": 0, "max": 2})
+    s = compute_status(
+        pool(short_pool), Observed(deployment=deployment(0, 0), fetch_job=job(1)), DEFAULT_CONFIG, [], T0
+    )
+    assert s["phase"] == "Standby" and conds(s)["Ready"]["reason"] == "ScaledToZero"
+
+
+def test_invalid_status_names_the_field() -> None:
+    s = invalid_status(4, "spec.engine.numShard: must be <= 8", [], T0)
+    c = conds(s)
+    assert s["phase"] == "Invalid" and s["observedGeneration"] == 4
+    assert c["Ready"]["reason"] == "InvalidSpec" and "numShard" in c["Ready"]["message"]
