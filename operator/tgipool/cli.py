@@ -117,6 +117,10 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--namespace", "-n", default="default", help="namespace for pools that name none")
     render.set_defaults(func=cmd_render)
 
+    from tgipool.emulator import cli as emulator_cli
+
+    emulator_cli.add_parser(sub).set_defaults(func=emulator_cli.main)
+
     crds = sub.add_parser("crds", help="print the CRDs generated from the API models")
     crds.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     crds.set_defaults(func=cmd_crds)

@@ -1,0 +1,91 @@
+"""`tgipool emulate`: run one emulated TGI server with launcher-style flags.
+
+Like `text-generation-launcher`, every flag can also come from its UPPER_SNAKE_CASE environment variable
+(`--max-input-tokens` ↔ `MAX_INPUT_TOKENS`), so an emulator pod can take the same env as a TGI pod.
+The main CLI wires it with `emulator_cli.add_parser(subparsers)` and dispatches to `emulator_cli.main(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from tgipool.emulator.runner import serve_forever
+from tgipool.emulator.settings import EmulatorSettings, SettingsError
+
+_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
+    ("model-id", str, "model id reported by /info and the OpenAI routes"),
+    ("hostname", str, "bind address (TGI default 0.0.0.0)"),
+    ("port", int, "HTTP port (TGI default 3000; 0 = any free port)"),
+    ("max-concurrent-requests", int, "permits (queued + running); beyond it: 429 overloaded"),
+    ("max-best-of", int, "largest accepted best_of"),
+    ("max-stop-sequences", int, "largest number of stop sequences"),
+    ("max-top-n-tokens", int, "largest top_n_tokens"),
+    ("max-input-tokens", int, "prompt token limit (default max-total-tokens - 1)"),
+    ("max-total-tokens", int, "prompt + generated token limit per request (default 4096)"),
+    ("max-batch-prefill-tokens", int, "prompt tokens per prefill chunk (default 4096)"),
+    ("max-batch-total-tokens", int, "sum of input+max_new tokens over the running batch"),
+    ("max-batch-size", int, "largest batch (default unlimited)"),
+    ("max-client-batch-size", int, "largest prompt list on /v1/completions"),
+    ("payload-limit", int, "request body limit in bytes (413 above)"),
+    ("api-key", str, "require `Authorization: Bearer KEY` on generation routes"),
+    ("prefill-tokens-per-second", float, "model knob: prefill throughput"),
+    ("decode-step-ms", float, "model knob: time of one decode step at batch size 0"),
+    ("decode-step-growth-ms", float, "model knob: extra decode step time per running sequence"),
+    ("tokenizer", str, "path to a tokenizer.json (default: ~4 characters per token approximation)"),
+]
+
+
+def _env_name(flag: str) -> str:
+    return flag.replace("-", "_").upper()
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `emulate` on the main CLI's `add_subparsers()` object."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "emulate",
+        help="run a TGI emulator (TGI's HTTP API and batching, no GPU)",
+        description=__doc__,
+    )
+    defaults = EmulatorSettings()
+    for flag, kind, help_text in _FLAGS:
+        dest = flag.replace("-", "_")
+        env = os.environ.get(_env_name(flag))
+        default = kind(env) if env is not None else getattr(defaults, dest)
+        parser.add_argument(
+            f"--{flag}", dest=dest, type=kind, default=default, help=f"{help_text} [env {_env_name(flag)}]"
+        )
+    parser.set_defaults(func=main)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
+    fields = {flag.replace("-", "_") for flag, _, _ in _FLAGS}
+    return EmulatorSettings(**{name: getattr(args, name) for name in fields}).resolved()
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as exc:
+        print(f'Error: ArgumentValidation("{exc}")', file=sys.stderr)
+        return 1
+    print(
+        f"tgipool emulate: serving {settings.model_id} on {settings.hostname}:{settings.port}",
+        file=sys.stderr,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(settings))
+    return 0
+
+
+if __name__ == "__main__":  # `python -m tgipool.emulator.cli ...` for quick local runs
+    _parser = argparse.ArgumentParser(prog="tgipool")
+    add_parser(_parser.add_subparsers(dest="command", required=True))
+    _args = _parser.parse_args()
+    sys.exit(_args.func(_args))
