@@ -182,7 +182,7 @@ class Replicas(Spec):
     @model_validator(mode="after")
     def _check(self) -> Replicas:
         if self.max is not None and self.min > self.max:
-            raise ValueError(rules.REPLICAS_CEL["message"])
+            raise ValueError(f"{rules.REPLICAS_CEL['message']} (min {self.min} > max {self.max})")
         return self
 
     @property

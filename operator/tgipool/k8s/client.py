@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import kubernetes
-from kubernetes.client.exceptions import ApiException
 
 from tgipool.api.models import GROUP, PLURAL, VERSION
 
@@ -74,27 +73,26 @@ class Kube:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        try:
-            resp = self.api.call_api(
-                url,
-                method,
-                query_params=query or [],
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
-            )
-        except ApiException as e:
-            reason, message = e.reason or "", ""
+        method, full_url, headers, body, _ = self.api.param_serialize(
+            method,
+            url,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        resp = self.api.call_api(method, full_url, header_params=headers, body=body, _request_timeout=60)
+        data = resp.read()
+        if not 200 <= resp.status < 300:
+            reason, message = resp.reason or "", ""
             try:
-                payload = json.loads(e.body or "")
+                payload = json.loads(data or b"")
                 reason, message = payload.get("reason", reason), payload.get("message", "")
             except (TypeError, ValueError):
-                message = str(e.body)[:500]
-            kind = url.rsplit("/", 2)[-2] if "/" in url else url
-            raise ApplyError(kind, url.rsplit("/", 1)[-1], e.status, reason, message) from e
-        return json.loads(resp.data) if resp.data else None
+                message = str(data)[:500]
+            parts = url.rstrip("/").split("/")
+            raise ApplyError(parts[-2], parts[-1], resp.status, reason, message)
+        return json.loads(data) if data else None
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]

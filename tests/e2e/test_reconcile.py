@@ -1,0 +1,225 @@
+"""The operator against a real API server, scheduler, controllers and KWOK-simulated GPU nodes."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from typing import Any
+
+from .cluster import Operator, add_node, condition, get, items, kubectl, wait_for, write_requests
+from .conftest import apply_pool
+
+CHILDREN = [
+    ("service", "{n}"),
+    ("persistentvolumeclaim", "{n}-cache"),
+    ("deployment", "{n}"),
+    ("horizontalpodautoscaler", "{n}"),
+    ("poddisruptionbudget", "{n}"),
+]
+
+
+def pool(name: str, ns: str) -> dict[str, Any]:
+    out = get("modelpool", name, ns)
+    assert out is not None
+    return out
+
+
+def wait_ready(name: str, ns: str, timeout: float = 120) -> dict[str, Any]:
+    kubectl(
+        "wait",
+        "--for=condition=Ready",
+        f"modelpool/{name}",
+        "-n",
+        ns,
+        f"--timeout={int(timeout)}s",
+        timeout=timeout + 10,
+    )
+    return pool(name, ns)
+
+
+def tgi_args(name: str, ns: str) -> list[str]:
+    dep = get("deployment", name, ns)
+    assert dep is not None
+    args: list[str] = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_pool_creates_children_and_becomes_ready(operator: Operator, ns: str) -> None:
+    apply_pool("p1", ns)
+    p = wait_ready("p1", ns)
+    uid = p["metadata"]["uid"]
+    for kind, pattern in CHILDREN:
+        child = get(kind, pattern.format(n="p1"), ns)
+        assert child is not None, kind
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert (ref["uid"], ref["controller"]) == (uid, True), kind
+    (job,) = items("jobs", ns, "tgipool.io/pool=p1")
+    assert job["metadata"]["name"].startswith("p1-fetch-") and job["status"].get("succeeded") == 1
+    status = p["status"]
+    assert status["observedGeneration"] == p["metadata"]["generation"]
+    assert condition(p, "Ready")["status"] == "True"
+    assert condition(p, "WeightsCached")["reason"] == "Fetched"
+    assert status["readyReplicas"] >= 1 and status["phase"] == "Ready"
+    pods = items("pods", ns, "tgipool.io/pool=p1,app.kubernetes.io/component=inference-server")
+    assert pods and all(pod["spec"]["nodeName"].startswith("gpu-h100") for pod in pods)
+    row = kubectl("get", "modelpools", "-n", ns, "p1", "--no-headers").split()
+    header = kubectl("get", "modelpools", "-n", ns, "p1").splitlines()[0].split()
+    assert header == ["NAME", "MODEL", "TIER", "SHARDS", "READY", "PHASE", "P95", "AGE"]
+    assert row[:6] == ["p1", "llama3", "hot", "1", f"{status['readyReplicas']}/{status['replicas']}", "Ready"]
+
+
+def test_more_gpus_than_any_node_has_then_a_bigger_node(operator: Operator, ns: str) -> None:
+    apply_pool("big", ns, engine={"numShard": 4, "dtype": "bfloat16"}, gpu={"product": "NVIDIA-L4"})
+
+    def unschedulable() -> dict[str, Any] | None:
+        p = pool("big", ns)
+        return p if condition(p, "Ready").get("reason") == "InsufficientGPU" else None
+
+    p = wait_for("InsufficientGPU", unschedulable, timeout=90)
+    ready = condition(p, "Ready")
+    assert ready["status"] == "False"
+    assert "Insufficient nvidia.com/gpu" in ready["message"] and "4 nvidia.com/gpu" in ready["message"]
+    assert p["status"]["phase"] == "Degraded"
+    node = f"gpu-l4-big-{uuid.uuid4().hex[:4]}"
+    add_node(node, 8, "NVIDIA-L4")
+    try:
+        p = wait_ready("big", ns, timeout=120)
+        assert condition(p, "Degraded")["status"] == "False"
+    finally:
+        kubectl("delete", "node", node, "--wait=false", check=False)
+
+
+def test_update_rolls_the_deployment(operator: Operator, ns: str) -> None:
+    apply_pool("roll", ns)
+    wait_ready("roll", ns)
+    before = get("deployment", "roll", ns)
+    assert before is not None
+    apply_pool(
+        "roll",
+        ns,
+        limits={"maxInputTokens": 1000, "maxTotalTokens": 3000},
+        engine={"numShard": 2, "dtype": "bfloat16"},
+    )
+
+    def rolled() -> bool:
+        args = tgi_args("roll", ns)
+        return "--max-total-tokens=3000" in args and "--num-shard=2" in args
+
+    wait_for("new args", rolled, timeout=60)
+    after = get("deployment", "roll", ns)
+    assert after is not None and after["metadata"]["generation"] > before["metadata"]["generation"]
+    res = after["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == "2"
+
+    def converged() -> dict[str, Any] | None:
+        p = pool("roll", ns)
+        gen_ok = p["status"].get("observedGeneration") == p["metadata"]["generation"]
+        return p if gen_ok and condition(p, "Ready")["status"] == "True" else None
+
+    wait_for("observedGeneration", converged, timeout=120)
+    pods = items("pods", ns, "tgipool.io/pool=roll,app.kubernetes.io/component=inference-server")
+    assert all(
+        "--num-shard=2" in pod["spec"]["containers"][0]["args"]
+        for pod in pods
+        if not pod["metadata"].get("deletionTimestamp")
+    )
+
+
+def test_scale_subresource_sets_the_floor(operator: Operator, ns: str) -> None:
+    apply_pool("sc", ns, replicas={"min": 1, "max": 4})
+    wait_ready("sc", ns)
+    kubectl("scale", "modelpool", "sc", "-n", ns, "--replicas=3")
+    p = pool("sc", ns)
+    assert p["spec"]["replicas"]["min"] == 3
+    wait_for("HPA min 3", lambda: (get("hpa", "sc", ns) or {}).get("spec", {}).get("minReplicas") == 3, 60)
+
+    def three_ready() -> bool:
+        q = pool("sc", ns)
+        return q["status"].get("readyReplicas") == 3 and condition(q, "Ready")["status"] == "True"
+
+    wait_for("3 ready replicas", three_ready, timeout=120)
+    scale = kubectl(
+        "get", "modelpool", "sc", "-n", ns, "--subresource=scale", "-o", "jsonpath={.status.replicas}"
+    )
+    assert scale == "3"
+    out = kubectl("scale", "modelpool", "sc", "-n", ns, "--replicas=9", check=False)
+    assert "spec.replicas.min must be at most spec.replicas.max" in out
+
+
+def test_deleted_child_returns_and_hand_edit_is_reverted(operator: Operator, ns: str) -> None:
+    apply_pool("drift", ns)
+    wait_ready("drift", ns)
+    for kind in ("service", "horizontalpodautoscaler", "poddisruptionbudget"):
+        old = get(kind, "drift", ns)
+        assert old is not None
+        kubectl("delete", kind, "drift", "-n", ns)
+        wait_for(
+            f"{kind} back",
+            lambda k=kind, o=old: (
+                (get(k, "drift", ns) or {}).get("metadata", {}).get("uid") not in (None, o["metadata"]["uid"])
+            ),
+            timeout=60,
+        )
+    patch = (
+        '[{"op":"replace","path":"/spec/template/spec/containers/0/args/4",'
+        '"value":"--max-total-tokens=999999"}]'
+    )
+    kubectl("patch", "deployment", "drift", "-n", ns, "--type=json", "-p", patch)
+    wait_for("args reverted", lambda: "--max-total-tokens=4096" in tgi_args("drift", ns), timeout=60)
+    assert "--max-total-tokens=999999" not in tgi_args("drift", ns)
+
+
+def test_pool_deletion_garbage_collects_children(operator: Operator, ns: str) -> None:
+    apply_pool("gc", ns)
+    wait_ready("gc", ns)
+    kubectl("delete", "modelpool", "gc", "-n", ns)
+
+    def gone() -> bool:
+        left = [k for k, pattern in CHILDREN if get(k, pattern.format(n="gc"), ns) is not None]
+        return not left and not items("jobs", ns, "tgipool.io/pool=gc")
+
+    wait_for("children garbage-collected", gone, timeout=90)
+
+
+def test_restart_mid_reconcile_converges_without_duplicates(operator: Operator, ns: str) -> None:
+    apply_pool("rs", ns, replicas={"min": 2, "max": 2})
+    # Kill the operator hard as soon as it has started writing this pool's children.
+    wait_for("first child", lambda: get("service", "rs", ns) is not None, timeout=30, interval=0.05)
+    operator.stop(signal.SIGKILL)
+    operator.start()
+    p = wait_ready("rs", ns)
+    assert p["status"]["readyReplicas"] == 2
+    for kind in (
+        "deployments",
+        "services",
+        "persistentvolumeclaims",
+        "jobs",
+        "horizontalpodautoscalers",
+        "poddisruptionbudgets",
+    ):
+        assert len(items(kind, ns, "tgipool.io/pool=rs")) == 1, kind
+
+
+def test_unchanged_pool_makes_no_write_request(operator: Operator, ns: str) -> None:
+    apply_pool("quiet", ns, replicas={"min": 2, "max": 2})
+    wait_ready("quiet", ns)
+
+    def others_gone() -> bool:
+        names = kubectl("get", "namespaces", "-o", "name").split()
+        return not [n for n in names if n.startswith("namespace/e2e-") and n != f"namespace/{ns}"]
+
+    # Namespaces of earlier tests are still being emptied by the namespace controller (its
+    # deletes would count); measure only once they are gone.
+    wait_for("other test namespaces deleted", others_gone, timeout=120)
+    time.sleep(3)  # let status settle after the last pod became ready
+    before = write_requests()
+    # A restart runs the resume handler on every pool: a full reconcile from the caches.
+    operator.restart()
+    operator.wait_log(r"Resuming is processed|Handler 'pool_changed' succeeded", timeout=60)
+    # Child events keep arriving (controllers update status); each triggers a reconcile too.
+    time.sleep(5)
+    after = write_requests()
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+    assert delta == {}, f"write requests during an unchanged reconcile: {delta}"
+    assert condition(pool("quiet", ns), "Ready")["status"] == "True"

@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# Local Kubernetes cluster for tgipool development and end-to-end tests.
+# Run `tools/cluster.sh --help` for usage.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: tools/cluster.sh <command>
+
+Commands:
+  up        Start the simulated cluster "tgipool" (no Docker needed): etcd, kube-apiserver,
+            kube-controller-manager, kube-scheduler and kwok-controller as local processes
+            (kwokctl --runtime binary, binaries from tools/build.sh). Then creates the fake
+            nodes in tools/nodes/*.yaml (4x gpu-h100-N with 8 nvidia.com/gpu, gpu-l4-0 with 2,
+            cpu-0), the default StorageClass tgipool-sim, and starts tools/sim_provisioner.py
+            in the background. A no-op if the cluster already answers.
+  down      Delete the cluster, stop the provisioner, remove .cluster/. Leaves no process
+            behind. A no-op if nothing is running.
+  status    Exit 0 if the cluster answers /readyz, non-zero otherwise.
+  kind-up   Alternative for machines with a Docker engine and `kind`: kind cluster "tgipool"
+            (tools/kind/kind-config.yaml) whose workers get fake nvidia.com/gpu: 8 capacity
+            and H100 labels. `down` deletes it too.
+
+Everything lives in <repo>/.cluster/ (git-ignored):
+  .cluster/kubeconfig               admin kubeconfig (export KUBECONFIG=$PWD/.cluster/kubeconfig)
+  .cluster/logs/                    component logs (kube-apiserver.log, kwok-controller.log, ...)
+  .cluster/logs/audit.log           kube-apiserver audit log (Metadata level, write verbs)
+  .cluster/sim-provisioner.log|pid  volume provisioner log and pid
+  .cluster/volumes/<ns>-<pvc>/      hostPath directories of provisioned volumes
+
+Environment:
+  TGIPOOL_BIN     directory with the binaries (default: `tools/build.sh --print-bin`;
+                  missing ones are built by tools/build.sh)
+  TGIPOOL_AUDIT   1 (default) enables the apiserver audit log, 0 disables it
+  TGIPOOL_WAIT    timeout for the control plane to become ready (default 2m)
+EOF
+}
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+state="$root/.cluster"
+name=tgipool
+kubeconfig="$state/kubeconfig"
+export KWOK_WORKDIR="$state/kwok"
+cluster_dir="$KWOK_WORKDIR/clusters/$name"
+prov_pid="$state/sim-provisioner.pid"
+prov_log="$state/sim-provisioner.log"
+t_start=$SECONDS
+
+log() { printf '[cluster.sh +%ss] %s\n' "$((SECONDS - t_start))" "$*"; }
+warn() { printf 'cluster.sh: warning: %s\n' "$*" >&2; }
+die() { printf 'cluster.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# Serialise concurrent invocations (e.g. parallel test workers) on a lock held on this
+# script itself, so no lock file is left behind. Children must not inherit fd 9.
+lock() {
+  exec 9<"${BASH_SOURCE[0]}"
+  if ! flock -n 9; then
+    log "another cluster.sh is running; waiting for it"
+    flock 9
+  fi
+}
+
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kwokctl kubectl)
+
+# Locate (and if needed build) the binaries; put them first on PATH (the machine has an
+# older /usr/bin/kubectl, and kwokctl calls `kubectl`).
+setup_bin() {
+  local build=${1:-build} missing=() c
+  BIN="${TGIPOOL_BIN:-$("$here/build.sh" --print-bin)}"
+  for c in "${components[@]}"; do [[ -x "$BIN/$c" ]] || missing+=("$c"); done
+  if ((${#missing[@]})); then
+    if [[ $build != build ]]; then return 1; fi
+    [[ -z "${TGIPOOL_BIN:-}" ]] || die "TGIPOOL_BIN=$BIN lacks: ${missing[*]}"
+    log "building missing binaries: ${missing[*]} (tools/build.sh)"
+    "$here/build.sh" "${missing[@]}"
+  fi
+  export PATH="$BIN:$PATH" KWOK_KUBECTL_BINARY="$BIN/kubectl"
+}
+
+kubectl_bin() {
+  if [[ -n "${BIN:-}" && -x "$BIN/kubectl" ]]; then echo "$BIN/kubectl"; else command -v kubectl; fi
+}
+
+kc() { "$(kubectl_bin)" --kubeconfig "$kubeconfig" "$@"; }
+
+answers() {
+  [[ -s "$kubeconfig" ]] && kc --request-timeout=5s get --raw /readyz >/dev/null 2>&1
+}
+
+# Names of kwokctl-managed components whose process is gone (kwokctl's binary runtime
+# does not restart crashed components).
+dead_components() {
+  local f pid
+  [[ -d "$cluster_dir/pids" ]] || return 0
+  for f in "$cluster_dir"/pids/*.pid; do
+    [[ -e "$f" ]] || continue
+    pid=$(<"$f")
+    tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | head -n 1 | grep -q "^$state/" \
+      || basename "$f" .pid
+  done
+}
+
+# True if the pid is a live (non-zombie) process.
+running() {
+  local st
+  st=$(sed 's/.*) //' 2>/dev/null </proc/"$1"/stat) || return 1
+  [[ -n "$st" && "${st:0:1}" != Z ]]
+}
+
+# ---------------------------------------------------------------- provisioner
+provisioner_pid() {
+  # Prints the pid if the pidfile names a live sim_provisioner.py of this repo.
+  local pid
+  [[ -f "$prov_pid" ]] || return 1
+  pid=$(<"$prov_pid")
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "$here/sim_provisioner.py" || return 1
+  echo "$pid"
+}
+
+start_provisioner() {
+  local pid py
+  if pid=$(provisioner_pid); then
+    log "sim-provisioner already running (pid $pid)"
+    return 0
+  fi
+  py=$(python3 -c 'import sys; print(sys.executable)') || die "python3 not found"
+  mkdir -p "$state/volumes"
+  # setsid: own session, so a Ctrl-C in the caller's terminal does not stop it.
+  setsid "$py" "$here/sim_provisioner.py" --kubeconfig "$kubeconfig" --kubectl "$BIN/kubectl" \
+    --volumes-dir "$state/volumes" --interval 1 </dev/null >>"$prov_log" 2>&1 9<&- &
+  echo $! >"$prov_pid"
+  sleep 0.5
+  pid=$(provisioner_pid) || { tail -n 20 "$prov_log" >&2 || true; die "sim-provisioner failed to start"; }
+  log "sim-provisioner started (pid $pid, log .cluster/sim-provisioner.log)"
+}
+
+stop_provisioner() {
+  local pid i
+  if pid=$(provisioner_pid); then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do running "$pid" || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    log "sim-provisioner stopped (pid $pid)"
+  fi
+  rm -f "$prov_pid"
+}
+
+# Pids of processes started from this repo's .cluster/ (kwokctl runs the components as
+# .cluster/kwok/clusters/tgipool/bin/<name>) or of this repo's provisioner.
+our_pids() {
+  local p argv
+  for p in /proc/[0-9]*; do
+    argv=$(tr '\0' '\n' 2>/dev/null <"$p/cmdline" | head -n 2 | tr '\n' ' ') || continue
+    case "$argv" in
+      "$state/"*|*" $here/sim_provisioner.py "*) echo "${p#/proc/}" ;;
+    esac
+  done
+}
+
+# ---------------------------------------------------------------- commands
+cmd_status() {
+  local dead
+  setup_bin nobuild || true
+  if answers; then
+    dead=$(dead_components)
+    if [[ -n "$dead" ]]; then
+      echo "tgipool cluster answers but these components are not running: $(echo $dead)" \
+        "(see .cluster/logs/; 'tools/cluster.sh up' recreates the cluster)"
+      return 3
+    fi
+    echo "tgipool cluster is up ($(cat "$state/mode" 2>/dev/null || echo kwok)); KUBECONFIG=$kubeconfig"
+    return 0
+  fi
+  echo "tgipool cluster is not answering (no $kubeconfig or /readyz failed)"
+  return 1
+}
+
+print_info() {
+  echo
+  echo "  export KUBECONFIG=$kubeconfig"
+  [[ -z "${BIN:-}" ]] || echo "  export PATH=$BIN:\$PATH    # kubectl v1.36.3"
+  if [[ "$(cat "$state/mode" 2>/dev/null)" == kwok ]]; then
+    echo "  component logs: .cluster/logs/   provisioner log: .cluster/sim-provisioner.log"
+    if [[ -f "$state/logs/audit.log" ]]; then
+      echo "  audit log:      .cluster/logs/audit.log  (= $cluster_dir/logs/audit.log)"
+    fi
+  fi
+}
+
+cmd_up() {
+  lock
+  setup_bin
+  local dead
+  dead=$(dead_components)
+  if [[ -n "$dead" ]]; then
+    log "components not running: $(echo $dead) (see .cluster/logs/); recreating the cluster"
+  elif answers; then
+    log "cluster tgipool is already up and answering: nothing to do"
+    if [[ "$(cat "$state/mode" 2>/dev/null)" == kwok ]]; then start_provisioner; fi
+    print_info
+    return 0
+  fi
+  if [[ -e "$state" ]]; then
+    [[ -n "$dead" ]] || log "found stale state in .cluster/ (cluster not answering); cleaning it up first"
+    down_locked
+  fi
+  mkdir -p "$state"
+  echo kwok >"$state/mode"
+
+  local audit_args=()
+  if [[ "${TGIPOOL_AUDIT:-1}" == 1 ]]; then
+    audit_args=(--kube-audit-policy "$here/kwok/audit-policy.yaml")
+  fi
+  log "starting control plane (kwokctl --runtime binary, binaries from $BIN)"
+  if ! kwokctl -c "$here/kwok/kwokctl.yaml" create cluster --name "$name" --runtime binary \
+      --etcd-binary "$BIN/etcd" \
+      --kube-apiserver-binary "$BIN/kube-apiserver" \
+      --kube-controller-manager-binary "$BIN/kube-controller-manager" \
+      --kube-scheduler-binary "$BIN/kube-scheduler" \
+      --kwok-controller-binary "$BIN/kwok" \
+      "${audit_args[@]}" \
+      --kubeconfig "$kubeconfig" \
+      --wait "${TGIPOOL_WAIT:-2m}" >"$state/kwokctl.log" 2>&1 9<&-; then
+    tail -n 20 "$state/kwokctl.log" >&2 || true
+    die "kwokctl create cluster failed (full log: .cluster/kwokctl.log; clean up with: tools/cluster.sh down)"
+  fi
+  ln -sfn "kwok/clusters/$name/logs" "$state/logs"
+  answers || die "control plane started but /readyz does not answer (see .cluster/logs/)"
+  log "control plane ready"
+
+  log "creating StorageClass tgipool-sim and nodes from tools/nodes/"
+  kc apply -f "$here/kwok/storageclass.yaml" -f "$here/nodes/" >/dev/null
+  # kwokctl's readiness check does not cover kwok-controller: nodes turning Ready does.
+  if ! kc wait --for=condition=Ready node --all --timeout=60s >/dev/null; then
+    tail -n 5 "$state/logs/kwok-controller.log" >&2 || true
+    die "nodes did not become Ready (is kwok-controller running? see .cluster/logs/kwok-controller.log)"
+  fi
+  log "nodes Ready: $(kc get nodes -o jsonpath='{range .items[*]}{.metadata.name} {end}')"
+
+  # Pods can only be created once the ServiceAccount controller made "default".
+  local i
+  for i in $(seq 1 120); do
+    kc -n default get serviceaccount default >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  kc -n default get serviceaccount default >/dev/null 2>&1 || die "default ServiceAccount never appeared"
+
+  start_provisioner
+  log "cluster tgipool is up ($((SECONDS - t_start))s)"
+  print_info
+}
+
+# down without taking the lock (cmd_up calls it while holding it).
+down_locked() {
+  local mode pids pid i
+  mode=$(cat "$state/mode" 2>/dev/null || echo kwok)
+  stop_provisioner
+
+  if [[ "$mode" == kind ]]; then
+    if command -v kind >/dev/null && docker info >/dev/null 2>&1; then
+      log "deleting kind cluster $name"
+      kind delete cluster --name "$name" --kubeconfig "$kubeconfig" 9<&- || warn "kind delete cluster failed"
+    else
+      warn "state says kind, but kind/docker engine is unavailable: not deleting any kind cluster"
+    fi
+  fi
+
+  local component_pids=""
+  local f
+  for f in "$cluster_dir"/pids/*.pid; do  # kwokctl writes them without a trailing newline
+    if [[ -f "$f" ]]; then component_pids+=" $(<"$f")"; fi
+  done
+  if [[ -d "$cluster_dir" ]]; then
+    if setup_bin nobuild; then
+      log "deleting kwok cluster $name"
+      kwokctl delete cluster --name "$name" --kubeconfig "$kubeconfig" >>"$state/kwokctl.log" 2>&1 9<&- \
+        || warn "kwokctl delete cluster failed (see .cluster/kwokctl.log); killing leftovers"
+    else
+      warn "kwokctl binary not found; killing leftover processes directly"
+    fi
+  fi
+
+  # Whatever kwokctl missed (e.g. state left by a crashed run): only our own processes.
+  pids=$(our_pids)
+  if [[ -n "$pids" ]]; then
+    log "stopping leftover processes: $(echo $pids)"
+    kill -TERM $pids 2>/dev/null || true
+    for i in $(seq 1 50); do
+      pids=$(for pid in $pids; do if running "$pid"; then echo "$pid"; fi; done)
+      [[ -z "$pids" ]] && break
+      sleep 0.1
+    done
+    [[ -z "$pids" ]] || kill -KILL $pids 2>/dev/null || true
+  fi
+
+  rm -rf "$state"
+  pids=$(our_pids)
+  [[ -z "$pids" ]] || die "processes still running after down: $(echo $pids)"
+  # The components were re-parented to PID 1 when kwokctl exited; until PID 1 reaps them
+  # they show up in ps as <defunct>. Give it a moment so `ps` is clean afterwards.
+  for i in $(seq 1 50); do
+    pids=$(for pid in $component_pids; do if [[ -e /proc/$pid ]]; then echo "$pid"; fi; done)
+    [[ -z "$pids" ]] && break
+    sleep 0.2
+  done
+  [[ -z "$pids" ]] || log "note: exited processes $(echo $pids) not yet reaped by PID 1 (zombies, not running)"
+}
+
+cmd_down() {
+  lock
+  if [[ ! -e "$state" && -z "$(our_pids)" ]]; then
+    log "no cluster state in .cluster/ and no cluster processes: nothing to do"
+    return 0
+  fi
+  down_locked
+  log "cluster tgipool is down, .cluster/ removed ($((SECONDS - t_start))s)"
+}
+
+cmd_kind_up() {
+  lock
+  command -v kind >/dev/null || die "kind is not installed (https://kind.sigs.k8s.io/docs/user/quick-start/#installation).
+On machines without Docker use: tools/cluster.sh up"
+  command -v docker >/dev/null || die "docker is not installed; kind needs a Docker engine. Without Docker use: tools/cluster.sh up"
+  docker info >/dev/null 2>&1 || die "no working Docker engine ('docker info' failed; a docker client alone is not enough).
+Start Docker, or use: tools/cluster.sh up"
+  setup_bin nobuild || BIN=""
+  kubectl_bin >/dev/null || die "kubectl not found (build it with tools/build.sh kubectl)"
+  if answers; then
+    [[ "$(cat "$state/mode" 2>/dev/null)" == kind ]] \
+      || die "a simulated (kwok) cluster is running; run 'tools/cluster.sh down' first"
+    log "kind cluster tgipool is already up and answering: nothing to do"
+    return 0
+  fi
+  [[ -e "$state" ]] && { log "cleaning stale .cluster/ state first"; down_locked; }
+  mkdir -p "$state"
+  echo kind >"$state/mode"
+
+  log "creating kind cluster $name (tools/kind/kind-config.yaml)"
+  kind create cluster --name "$name" --config "$here/kind/kind-config.yaml" \
+    --kubeconfig "$kubeconfig" --wait 3m 9<&-
+  kc wait --for=condition=Ready node --all --timeout=180s >/dev/null
+
+  local node workers
+  workers=$(kc get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[*].metadata.name}')
+  [[ -n "$workers" ]] || die "no worker nodes found"
+  for node in $workers; do
+    log "faking 8 H100 GPUs on $node"
+    kc label node "$node" --overwrite \
+      nvidia.com/gpu.present=true \
+      nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3 \
+      nvidia.com/gpu.count=8 \
+      nvidia.com/gpu.memory=81559 \
+      node.kubernetes.io/instance-type=kind-fake-8xh100 >/dev/null
+    # The documented way to advertise an extended resource; the kubelet keeps unknown
+    # capacity entries and recomputes allocatable from them.
+    kc patch node "$node" --subresource=status --type=json -p \
+      '[{"op":"add","path":"/status/capacity/nvidia.com~1gpu","value":"8"},
+        {"op":"add","path":"/status/allocatable/nvidia.com~1gpu","value":"8"}]' >/dev/null
+  done
+  kc apply -f "$here/kind/storageclass.yaml" >/dev/null
+  log "kind cluster tgipool is up ($((SECONDS - t_start))s)"
+  kc get nodes -o custom-columns='NAME:.metadata.name,GPU:.status.allocatable.nvidia\.com/gpu,PRODUCT:.metadata.labels.nvidia\.com/gpu\.product'
+  print_info
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  kind-up) cmd_kind_up ;;
+  -h|--help|help) usage ;;
+  "") usage >&2; exit 2 ;;
+  *) printf 'cluster.sh: unknown command: %s\n\n' "$1" >&2; usage >&2; exit 2 ;;
+esac
