@@ -121,6 +121,10 @@ def parser() -> argparse.ArgumentParser:
 
     emulator_cli.add_parser(sub).set_defaults(func=emulator_cli.main)
 
+    from tgipool.planner.cli import add_parser as add_plan_parser
+
+    add_plan_parser(sub)
+
     crds = sub.add_parser("crds", help="print the CRDs generated from the API models")
     crds.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     crds.set_defaults(func=cmd_crds)

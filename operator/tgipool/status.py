@@ -13,6 +13,7 @@ from tgipool.config import OperatorConfig
 from tgipool.desired import names
 from tgipool.desired.cache import needs_fetch
 from tgipool.desired.service import endpoint
+from tgipool.planner import Assessment
 
 Manifest = dict[str, Any]
 
@@ -114,8 +115,10 @@ def compute_status(
     cfg: OperatorConfig,
     previous: list[Manifest],
     now: str,
+    capacity: Assessment | None = None,
 ) -> Manifest:
     gen = pool.metadata.generation
+    refused = capacity is not None and capacity.refused
     dep = observed.deployment
     dep_status = (dep or {}).get("status", {})
     desired = (dep or {}).get("spec", {}).get("replicas")
@@ -125,6 +128,9 @@ def compute_status(
 
     weights = weights_verdict(pool, observed.fetch_job)
     problem = pod_problem(pool, observed.pods)
+    if refused and capacity is not None:
+        # The planner's verdict outranks what old pods show: no new Deployment will be made.
+        problem = _cond(True, capacity.reason, capacity.message)
     if problem is None and weights.reason == "FetchFailed":
         problem = _cond(True, "FetchFailed", weights.message)
     if problem is None and dep is not None:
@@ -140,6 +146,8 @@ def compute_status(
     )
     if pool.spec.tier == "cold":
         progressing = _cond(False, "ColdTier", "nothing runs until the first demand")
+    elif refused:
+        progressing = _cond(False, "CapacityInfeasible", "waiting for a spec that fits the GPUs")
     elif weights.status != "True":
         progressing = _cond(weights.reason != "FetchFailed", "FetchingWeights", weights.message)
     elif dep is None:
@@ -151,7 +159,9 @@ def compute_status(
     else:
         progressing = _cond(False, "Stable", "the Deployment is rolled out")
 
-    if floor and ready >= floor:
+    if refused and problem:
+        ready_v = _cond(False, problem.reason, problem.message)
+    elif floor and ready >= floor:
         ready_v = _cond(True, "ReplicasReady", f"{ready}/{replicas} replicas ready (minimum {floor})")
     elif pool.spec.tier == "cold":
         ready_v = _cond(False, "ColdTier", "cold pools start on first demand")
@@ -164,6 +174,8 @@ def compute_status(
 
     if pool.spec.tier == "cold":
         phase = "Cold"
+    elif refused:
+        phase = "Infeasible"
     elif problem:
         phase = "Degraded"
     elif ready_v.status == "True":
@@ -184,7 +196,10 @@ def compute_status(
             ("WeightsCached", weights),
         )
     ]
-    return {
+    if capacity is not None:
+        feasible = Verdict(capacity.status, capacity.reason, capacity.message)
+        conditions.append(set_condition(previous, "CapacityFeasible", feasible, gen, now))
+    out: Manifest = {
         "observedGeneration": gen,
         "phase": phase,
         "replicas": replicas,
@@ -195,6 +210,9 @@ def compute_status(
         "servedName": pool.served_name,
         "conditions": conditions,
     }
+    if capacity is not None:
+        out["capacity"] = capacity.capacity_status().model_dump(by_alias=True, exclude_none=True)
+    return out
 
 
 def invalid_status(generation: int | None, message: str, previous: list[Manifest], now: str) -> Manifest:

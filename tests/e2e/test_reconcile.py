@@ -223,3 +223,44 @@ def test_unchanged_pool_makes_no_write_request(operator: Operator, ns: str) -> N
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
     assert delta == {}, f"write requests during an unchanged reconcile: {delta}"
     assert condition(pool("quiet", ns), "Ready")["status"] == "True"
+
+
+def test_infeasible_pool_gets_no_deployment_until_fixed(operator: Operator, ns: str) -> None:
+    model = {
+        "id": "meta-llama/Meta-Llama-3-70B-Instruct",
+        "revision": "main",
+        "servedName": "llama3-70b",
+        "architecture": {"numLayers": 80, "numKeyValueHeads": 8, "headDim": 128, "parametersB": 70.6},
+    }
+    gpu = {"product": "NVIDIA-H100-80GB-HBM3", "memoryGiB": 80}
+    apply_pool("huge", ns, model=model, gpu=gpu)
+
+    def refused() -> dict[str, Any] | None:
+        p = pool("huge", ns)
+        return p if condition(p, "CapacityFeasible").get("status") == "False" else None
+
+    p = wait_for("CapacityFeasible=False", refused, timeout=60)
+    cap = condition(p, "CapacityFeasible")
+    assert cap["reason"] == "WeightsDoNotFit" and "numShard" in cap["message"]
+    assert p["status"]["phase"] == "Infeasible" and condition(p, "Ready")["status"] == "False"
+    assert p["status"]["capacity"]["kvBytesPerToken"] == 2 * 80 * 8 * 128 * 2
+    # The weights are fetched meanwhile, but no GPU is asked for.
+    wait_for("fetch job done", lambda: condition(pool("huge", ns), "WeightsCached")["status"] == "True", 60)
+    assert get("deployment", "huge", ns) is None
+    events = kubectl(
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "involvedObject.name=huge",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    )
+    assert "WeightsDoNotFit" in events
+    apply_pool("huge", ns, model=model, gpu=gpu, engine={"numShard": 4, "dtype": "bfloat16"})
+    p = wait_ready("huge", ns)
+    assert condition(p, "CapacityFeasible")["status"] == "True"
+    dep = get("deployment", "huge", ns)
+    assert dep is not None
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"

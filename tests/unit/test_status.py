@@ -138,3 +138,50 @@ def test_invalid_status_names_the_field() -> None:
     c = conds(s)
     assert s["phase"] == "Invalid" and s["observedGeneration"] == 4
     assert c["Ready"]["reason"] == "InvalidSpec" and "numShard" in c["Ready"]["message"]
+
+
+def test_capacity_refusal_outranks_everything(short_pool: dict[str, Any]) -> None:
+    from tgipool.planner import assess
+
+    short_pool["spec"]["model"]["architecture"] = {
+        "numLayers": 80,
+        "numKeyValueHeads": 8,
+        "headDim": 128,
+        "parametersB": 70.6,
+    }
+    p = pool(short_pool)
+    verdict = assess(p)
+    assert verdict.refused
+    s = compute_status(p, Observed(fetch_job=job(1)), DEFAULT_CONFIG, [], T0, verdict)
+    c = conds(s)
+    assert s["phase"] == "Infeasible"
+    assert c["CapacityFeasible"]["status"] == "False" and c["CapacityFeasible"]["reason"] == "WeightsDoNotFit"
+    assert c["Ready"]["reason"] == "WeightsDoNotFit" and "numShard" in c["Ready"]["message"]
+    assert s["capacity"]["weightsBytes"] > 80 * 2**30
+
+
+def test_capacity_fits_is_reported(short_pool: dict[str, Any]) -> None:
+    from tgipool.planner import assess
+
+    p = pool(short_pool)
+    s = compute_status(
+        p, Observed(deployment=deployment(2, 2), fetch_job=job(1)), DEFAULT_CONFIG, [], T0, assess(p)
+    )
+    assert conds(s)["CapacityFeasible"]["status"] == "True" and s["phase"] == "Ready"
+    assert s["capacity"] == {
+        "kvBytesPerToken": 131072,
+        "weightsBytes": 16_000_000_000,
+        "maxConcurrentSequences": 113,
+    }
+
+
+def test_unknown_architecture_is_unknown_not_true(short_pool: dict[str, Any]) -> None:
+    from tgipool.planner import assess
+
+    del short_pool["spec"]["model"]["architecture"]
+    p = pool(short_pool)
+    s = compute_status(
+        p, Observed(deployment=deployment(2, 2), fetch_job=job(1)), DEFAULT_CONFIG, [], T0, assess(p)
+    )
+    assert conds(s)["CapacityFeasible"]["status"] == "Unknown"
+    assert s["phase"] == "Ready"

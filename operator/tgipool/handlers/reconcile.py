@@ -18,6 +18,7 @@ from tgipool.desired import build_children, names
 from tgipool.handlers.indexes import Snapshot
 from tgipool.k8s.client import ApplyError, Kube
 from tgipool.k8s.compare import needs_apply, stamped
+from tgipool.planner import assess
 from tgipool.status import compute_status, invalid_status, weights_verdict
 
 Manifest = dict[str, Any]
@@ -31,6 +32,7 @@ STATUS_KEYS = (
     "endpoint",
     "servedName",
     "conditions",
+    "capacity",
 )
 
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -115,12 +117,15 @@ async def _reconcile(
         raise kopf.PermanentError(f"invalid ModelPool: {message}") from err
 
     children = build_children(pool, cfg)
+    capacity = assess(pool)
     weights = weights_verdict(pool, snap.get("Job", names.fetch_job_name(pool)))
     deployment_exists = snap.get("Deployment", pool.name) is not None
     plan = [children.service, children.cache, children.fetch_job]
-    if weights.status == "True":
+    # GPUs are only asked for once the weights are cached and the planner says they fit;
+    # an existing Deployment keeps serving its last good spec meanwhile.
+    if weights.status == "True" and not capacity.refused:
         plan.append(children.deployment)
-    if weights.status == "True" or deployment_exists:
+    if (weights.status == "True" and not capacity.refused) or deployment_exists:
         plan += [children.hpa, children.pdb]
 
     for manifest in filter(None, plan):
@@ -140,7 +145,7 @@ async def _reconcile(
             out.deleted.append(f"Job/{job['metadata']['name']}")
 
     observed = snap.observed(pool.name, current_job, names.cache_name(pool))
-    new = compute_status(pool, observed, cfg, previous, now_rfc3339())
+    new = compute_status(pool, observed, cfg, previous, now_rfc3339(), capacity)
     if out.errors:
         first = out.errors[0]
         message = f"the API server refused {first.kind} {first.name}: {first.message}"
@@ -152,6 +157,8 @@ async def _reconcile(
         ]
         new["phase"] = "Degraded"
     await _write_status(kube, meta, new, old_status, out)
+    if capacity.refused and out.status_written:
+        kopf.warn(_event_target(raw), reason=capacity.reason, message=capacity.message)
 
     if out.applied or out.deleted:
         done = ", ".join(out.applied + [f"deleted {d}" for d in out.deleted])
