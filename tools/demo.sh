@@ -8,13 +8,16 @@ export PATH="$(tools/build.sh --print-bin):$PATH"
 export KUBECONFIG="$root/.cluster/kubeconfig"
 pidfile="$root/.cluster/operator.pid"
 log="$root/.cluster/operator.log"
+sim_pidfile="$root/.cluster/sim.pid"
+sim_log="$root/.cluster/sim.log"
 
-stop_operator() {
-  if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    kill "$(cat "$pidfile")"; sleep 1
+stop_pid() {
+  if [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; then
+    kill "$(cat "$1")"; sleep 1
   fi
-  rm -f "$pidfile"
+  rm -f "$1"
 }
+stop_operator() { stop_pid "$pidfile"; stop_pid "$sim_pidfile"; }
 
 if [[ "${1:-}" == "down" ]]; then
   stop_operator
@@ -36,6 +39,9 @@ stop_operator
 mkdir -p "$(dirname "$log")"
 nohup .venv/bin/tgipool run --json-logs >"$log" 2>&1 &
 echo $! >"$pidfile"
+step "data plane: an emulated TGI on every pool pod's address (log: $sim_log)"
+nohup .venv/bin/tgipool sim >"$sim_log" 2>&1 &
+echo $! >"$sim_pidfile"
 # The examples reference an hf-token Secret; a placeholder is enough on simulated GPUs.
 kubectl create secret generic hf-token --from-literal=token=placeholder --dry-run=client -o yaml \
   | kubectl apply -f - >/dev/null
@@ -50,6 +56,16 @@ done
 kubectl wait --for=condition=Ready modelpool --all --timeout=10s
 step "kubectl get modelpools"
 kubectl get modelpools
+step "a request to an emulated pod of llama3-8b-ru-short"
+pod_ip=$(kubectl get pods -l tgipool.io/pool=llama3-8b-ru-short,app.kubernetes.io/component=inference-server \
+  -o jsonpath='{.items[0].status.podIP}')
+body='{"inputs":"What is a weight cache?","parameters":{"max_new_tokens":12}}'
+echo "curl http://$pod_ip:8080/generate -d '$body'"
+for i in $(seq 1 20); do
+  if answer=$(curl -sf "http://$pod_ip:8080/generate" -H 'content-type: application/json' -d "$body"); then break; fi
+  sleep 0.5
+done
+echo "$answer"
 cat <<TXT
 
 Look further:
@@ -57,7 +73,8 @@ Look further:
   kubectl describe modelpool llama3-8b-ru-short      # conditions, events
   kubectl get deploy,svc,pvc,job,hpa,pdb,pods -l app.kubernetes.io/managed-by=tgipool
   .venv/bin/tgipool render -f examples/               # what the operator applies, as YAML
-  tail -f $log                                        # operator log (JSON)
+  tail -f $log   # operator log (JSON)
+  curl http://$pod_ip:8080/info                       # any pool pod answers like TGI (tgipool sim)
 Stop everything:
   make demo-down
 TXT

@@ -121,6 +121,10 @@ def parser() -> argparse.ArgumentParser:
 
     emulator_cli.add_parser(sub).set_defaults(func=emulator_cli.main)
 
+    from tgipool.emulator import sim
+
+    sim.add_parser(sub)
+
     from tgipool.planner.cli import add_parser as add_plan_parser
 
     add_plan_parser(sub)

@@ -101,6 +101,15 @@ class Kube:
         result: dict[str, Any] = self._call("PATCH", url, manifest, "application/apply-patch+yaml", query)
         return result
 
+    def list(self, api_version: str, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
+        """Objects of a kind in every namespace (a plain LIST; the operator itself uses watches)."""
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        query = [("labelSelector", selector)] if selector else []
+        out: list[dict[str, Any]] = self._call(
+            "GET", f"{prefix}/{PLURALS[(api_version, kind)]}", query=query
+        )["items"]
+        return out
+
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         try:
             self._call(
