@@ -8,7 +8,7 @@ KUBECONFIG_LOCAL := $(CURDIR)/.cluster/kubeconfig
 export PATH := $(shell tools/build.sh --print-bin):$(PATH)
 
 .PHONY: help install tools print-bin manifests check-manifests lint unit e2e test demo demo-down \
-        cluster-up cluster-down kind-up bench clean
+        cluster-up cluster-down kind-up bench bench-deps clean
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -64,7 +64,10 @@ demo: tools install ## local cluster + operator + example pools, Ready on simula
 demo-down: ## stop the demo operator and the cluster
 	tools/demo.sh down
 
-bench: install ## benchmarks (ratios measured side by side)
+bench-deps: ## nginx, the plain reverse proxy the gateway bench compares against
+	@command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light; }
+
+bench: install bench-deps ## benchmarks (ratios measured side by side)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
 
 clean: cluster-down ## remove the venv and caches (not the binary cache)

@@ -121,6 +121,10 @@ def parser() -> argparse.ArgumentParser:
 
     emulator_cli.add_parser(sub).set_defaults(func=emulator_cli.main)
 
+    from tgipool.gateway import cli as gateway_cli
+
+    gateway_cli.add_parser(sub).set_defaults(func=gateway_cli.main)
+
     from tgipool.emulator import sim
 
     sim.add_parser(sub)

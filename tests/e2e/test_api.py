@@ -9,12 +9,17 @@ import yaml
 
 from tgipool.api import rules
 
-from .cluster import apply, kubectl
+from .cluster import apply, kubectl, wait_for
 from .conftest import pool_doc
 
 
 def test_crd_installs_and_explain_documents_fields(crds: None) -> None:
-    out = kubectl("explain", "modelpool.spec")
+    # The API server publishes a new CRD's OpenAPI a moment after it is Established.
+    def explained() -> str | None:
+        out = kubectl("explain", "modelpool.spec", check=False)
+        return out if "engine" in out else None
+
+    out = wait_for("kubectl explain to know ModelPool", explained, timeout=60)
     for field in ("engine", "limits", "replicas", "tier", "autoscaling", "cache", "routing", "podTemplate"):
         assert field in out
     engine = kubectl("explain", "modelpool.spec.engine.numShard")

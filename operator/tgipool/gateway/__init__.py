@@ -1,0 +1,28 @@
+"""The model gateway: routes TGI / OpenAI requests to the right pool and endpoint (DESIGN.md section 2)."""
+
+from tgipool.gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    PoolConfig,
+    TenantConfig,
+    load_config,
+    parse_config,
+)
+from tgipool.gateway.routing import Endpoint, Pool, RoutingTable
+from tgipool.gateway.server import GATEWAY_KEY, Gateway, GatewayServer, build_app
+
+__all__ = [
+    "GATEWAY_KEY",
+    "ConfigError",
+    "Endpoint",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayServer",
+    "Pool",
+    "PoolConfig",
+    "RoutingTable",
+    "TenantConfig",
+    "build_app",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,86 @@
+"""`tgipool gateway --config FILE --port N [--host H]`: route TGI and OpenAI requests to pools of TGI servers.
+
+The configuration file is described in `tgipool.gateway.config`. Send SIGHUP to reload it: pools, endpoints
+and tenants change live (in-flight requests, queues and rate-limit buckets are kept); a file that does not
+validate is reported and the running configuration stays.
+The main CLI wires it with `gateway_cli.add_parser(subparsers)` and dispatches to `gateway_cli.main(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from tgipool.gateway.config import ConfigError, GatewayConfig, load_config
+from tgipool.gateway.server import GatewayServer
+
+log = logging.getLogger("tgipool.gateway")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `gateway` on the main CLI's `add_subparsers()` object."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "gateway",
+        help="run the model gateway (routes requests to pools by model, size, load and tenant)",
+        description=__doc__,
+    )
+    parser.add_argument("--config", required=True, help="gateway configuration YAML")
+    parser.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")  # noqa: S104
+    parser.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
+    parser.set_defaults(func=main)
+    return parser
+
+
+async def serve(config_path: str, config: GatewayConfig, host: str, port: int) -> None:
+    server = GatewayServer(config, host, port)
+    await server.start()
+    print(
+        f"tgipool gateway: {len(config.pools)} pool(s), {len(config.tenants)} tenant(s) "
+        f"on {host}:{server.port}",
+        file=sys.stderr,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        try:
+            server.gateway.apply(load_config(config_path))
+            log.warning("configuration reloaded from %s", config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.config, config, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":  # `python -m tgipool.gateway.cli ...` for quick local runs
+    _parser = argparse.ArgumentParser(prog="tgipool")
+    add_parser(_parser.add_subparsers(dest="command", required=True))
+    _args = _parser.parse_args()
+    sys.exit(_args.func(_args))

@@ -1,0 +1,170 @@
+"""Gateway configuration: a YAML file (later: a ModelGateway resource and the pools it selects).
+
+```yaml
+defaultPool: short-pool        # optional: serves requests without a model (or with "tgi" / an unknown one)
+queueTimeoutSeconds: 5         # optional, default 5: longest wait in a saturated pool's queue before 429
+maxQueueLength: 1024           # optional, default 1024 per pool: beyond it a saturated pool says 429 at once
+connectTimeoutSeconds: 2       # optional, default 2: TCP connect to an endpoint (then: retry elsewhere)
+pools:
+- name: short-pool
+  servedName: llama3-8b-ru     # the name clients ask for; several pools may serve one name
+  profile: short               # optional (short | balanced | long): preset limits from api/profiles.py
+  maxInputTokens: 2048         # explicit limits win over the profile; one of the two is required
+  maxTotalTokens: 4096
+  maxConcurrentRequests: 128   # optional, per endpoint; else learned from each endpoint's /info
+  priority: 10                 # optional, default 0: breaks ties between pools of equal maxTotalTokens
+  fallbackPool: long-pool      # optional: where a saturated pool spills
+  tokenizer: path/to/tokenizer.json   # optional: exact counts; else the emulator's ~4 chars/token estimate
+  endpoints: [http://127.0.0.1:9001]
+tenants:                       # optional; absent or empty means no authentication
+- {name: team-a, apiKey: key-a-0123456, pools: [short-pool], priority: 5,
+   requestsPerMinute: 600, tokensPerMinute: 200000}
+```
+
+Field names are camelCase; unknown fields are refused; errors name the field (`pools[0].maxTotalTokens`).
+API keys must have at least 8 characters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from tgipool.api.profiles import PRESETS
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and field."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=512)]
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class PoolConfig(_Spec):
+    name: Name
+    served_name: Name | None = Field(default=None, description="Model name clients ask for; default: name.")
+    profile: Literal["short", "balanced", "long"] | None = None
+    max_input_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
+    max_total_tokens: int | None = Field(default=None, ge=2, le=1_048_576)
+    max_concurrent_requests: int | None = Field(default=None, ge=1, le=65_536)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    fallback_pool: Name | None = None
+    tokenizer: str | None = Field(default=None, min_length=1)
+    endpoints: list[Url] = Field(default_factory=list, max_length=4096)
+
+    @model_validator(mode="after")
+    def _check(self) -> PoolConfig:
+        if self.profile is None and (self.max_input_tokens is None or self.max_total_tokens is None):
+            raise ValueError("maxInputTokens and maxTotalTokens are required when no profile is given")
+        if self.input_limit >= self.total_limit:
+            raise ValueError(
+                f"maxInputTokens ({self.input_limit}) must be < maxTotalTokens ({self.total_limit})"
+            )
+        if self.fallback_pool == self.name:
+            raise ValueError("fallbackPool must name another pool")
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError("endpoints must be unique")
+        return self
+
+    @property
+    def model(self) -> str:
+        return self.served_name or self.name
+
+    @property
+    def input_limit(self) -> int:
+        preset = PRESETS[self.profile] if self.profile else None
+        value = self.max_input_tokens or (preset.max_input_tokens if preset else None)
+        assert value is not None
+        return value
+
+    @property
+    def total_limit(self) -> int:
+        preset = PRESETS[self.profile] if self.profile else None
+        value = self.max_total_tokens or (preset.max_total_tokens if preset else None)
+        assert value is not None
+        return value
+
+
+class TenantConfig(_Spec):
+    name: Name
+    api_key: str = Field(min_length=8, max_length=512, repr=False)
+    pools: list[Name] = Field(default_factory=list, description="Pools this tenant may reach; empty = all.")
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+
+
+class GatewayConfig(_Spec):
+    default_pool: Name | None = None
+    queue_timeout_seconds: float = Field(default=5.0, ge=0, le=3600)
+    max_queue_length: int = Field(default=1024, ge=0, le=1_000_000)
+    connect_timeout_seconds: float = Field(default=2.0, gt=0, le=300)
+    pools: list[PoolConfig] = Field(default_factory=list)
+    tenants: list[TenantConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewayConfig:
+        names = [p.name for p in self.pools]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"pools: duplicate name(s) {sorted(dup)}")
+        known = set(names)
+        if self.default_pool is not None and self.default_pool not in known:
+            raise ValueError(f"defaultPool: no pool named {self.default_pool!r}")
+        for i, pool in enumerate(self.pools):
+            if pool.fallback_pool is not None and pool.fallback_pool not in known:
+                raise ValueError(f"pools[{i}].fallbackPool: no pool named {pool.fallback_pool!r}")
+        tenant_names = [t.name for t in self.tenants]
+        if len(set(tenant_names)) != len(tenant_names):
+            raise ValueError("tenants: duplicate tenant names")
+        if len({t.api_key for t in self.tenants}) != len(self.tenants):
+            raise ValueError("tenants: two tenants share an apiKey")  # never print the key itself
+        for i, tenant in enumerate(self.tenants):
+            for pool_name in tenant.pools:
+                if pool_name not in known:
+                    raise ValueError(f"tenants[{i}].pools: no pool named {pool_name!r}")
+        return self
+
+
+def describe(err: ValidationError) -> str:
+    """One line per problem, naming the field in the YAML's own spelling (`pools[0].maxTotalTokens`)."""
+    lines = []
+    for e in err.errors(include_input=False, include_url=False):
+        path = ""
+        for part in e["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{path or '(top level)'}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> GatewayConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {describe(err)}") from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return parse_config(data, str(path))

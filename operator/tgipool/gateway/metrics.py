@@ -1,0 +1,77 @@
+"""The gateway's Prometheus metrics, in a registry of their own (one per app, so tests can run many).
+
+| metric | labels | meaning |
+|---|---|---|
+| `tgipool_gateway_requests_total` | route, code | requests answered |
+| `tgipool_gateway_tenant_requests_total` | tenant | authenticated requests (tenant name, never the key) |
+| `tgipool_gateway_routed_total` | pool | routing decisions: requests sent to a pool |
+| `tgipool_gateway_fallbacks_total` | pool, fallback | spills from a saturated pool to its fallback |
+| `tgipool_gateway_rejections_total` | reason | refusals by reason (list below) |
+| `tgipool_gateway_retries_total` | pool, reason | endpoint retries: connect_error, status_5xx, overloaded |
+| `tgipool_gateway_queue_depth` | pool | requests waiting in a saturated pool's queue |
+| `tgipool_gateway_queue_wait_seconds` | pool | time spent queued, for requests that queued |
+| `tgipool_gateway_upstream_seconds` | pool | from sending to the endpoint to the last byte received from it |
+| `tgipool_gateway_added_latency_seconds` | pool | gateway overhead: total time minus upstream time |
+
+Rejection reasons: unauthorized, forbidden, unknown_model, bad_request, too_long, rate_limited, overloaded
+(queue wait bound passed), queue_full, pool_removed, upstream_error.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_OVERHEAD_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.0002,
+    0.0003,
+    0.0005,
+    0.00075,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.05,
+    0.25,
+    1.0,
+)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        p = "tgipool_gateway_"
+        self.requests = Counter(p + "requests", "Requests answered.", ["route", "code"], registry=r)
+        self.tenant_requests = Counter(p + "tenant_requests", "Requests per tenant.", ["tenant"], registry=r)
+        self.routed = Counter(p + "routed", "Routing decisions per pool.", ["pool"], registry=r)
+        self.fallbacks = Counter(
+            p + "fallbacks", "Spills to a fallback pool.", ["pool", "fallback"], registry=r
+        )
+        self.rejections = Counter(
+            p + "rejections", "Requests refused by the gateway.", ["reason"], registry=r
+        )
+        self.retries = Counter(p + "retries", "Retries on another endpoint.", ["pool", "reason"], registry=r)
+        self.queue_depth = Gauge(p + "queue_depth", "Requests waiting per pool.", ["pool"], registry=r)
+        self.queue_wait = Histogram(
+            p + "queue_wait_seconds", "Time spent queued.", ["pool"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.upstream = Histogram(
+            p + "upstream_seconds",
+            "Upstream time per request.",
+            ["pool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.added = Histogram(
+            p + "added_latency_seconds",
+            "Gateway overhead per request (total minus upstream).",
+            ["pool"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
