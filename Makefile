@@ -30,11 +30,12 @@ print-bin: ## print the directory holding the built binaries
 	@tools/build.sh --print-bin
 
 manifests: install ## regenerate crds/ from the pydantic models
-	$(PY) -m tgipool.cli crds -o crds/tgipool.io_modelpools.yaml
+	$(PY) -m tgipool.cli crds --dir crds
 
 check-manifests: install ## fail when crds/ differs from the models
-	@$(PY) -m tgipool.cli crds | diff -u crds/tgipool.io_modelpools.yaml - \
-	  || { echo "crds/ is stale: run 'make manifests' and commit"; exit 1; }
+	@rm -rf .manifests-check && $(PY) -m tgipool.cli crds --dir .manifests-check
+	@diff -ru crds .manifests-check || { echo "crds/ is stale: run 'make manifests' and commit"; exit 1; }
+	@rm -rf .manifests-check
 
 lint: install ## ruff (lint + format check) and mypy strict
 	$(VENV)/bin/ruff check operator tests bench

@@ -48,11 +48,15 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
-    text = _dump_all(all_crds())
-    if args.output:
-        Path(args.output).write_text(text)
+    if args.dir:
+        out = Path(args.dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for crd in all_crds():
+            (out / f"{crd['spec']['group']}_{crd['spec']['names']['plural']}.yaml").write_text(
+                _dump_all([crd])
+            )
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(_dump_all(all_crds()))
     return 0
 
 
@@ -62,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import kopf
 
+    import tgipool.handlers.gateway
     import tgipool.handlers.pool  # noqa: F401  registers the handlers
 
     kopf.configure(
@@ -134,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
     add_plan_parser(sub)
 
     crds = sub.add_parser("crds", help="print the CRDs generated from the API models")
-    crds.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    crds.add_argument("--dir", metavar="DIR", help="write one file per CRD into DIR instead of stdout")
     crds.set_defaults(func=cmd_crds)
     return p
 

@@ -12,6 +12,13 @@ import copy
 from typing import Any
 
 from tgipool.api import rules
+from tgipool.api.gateway_models import (
+    GATEWAY_KIND,
+    GATEWAY_NAME_CEL,
+    GATEWAY_PLURAL,
+    ModelGatewaySpec,
+    ModelGatewayStatus,
+)
 from tgipool.api.models import GROUP, KIND, PLURAL, VERSION, ModelPoolSpec, ModelPoolStatus
 
 Schema = dict[str, Any]
@@ -83,16 +90,24 @@ PRINTER_COLUMNS = [
 ]
 
 
-def modelpool_crd() -> Schema:
-    spec_schema = openapi_schema(ModelPoolSpec)
-    spec_schema["description"] = "Desired pool of TGI servers."
-    status_schema = openapi_schema(ModelPoolStatus)
-    status_schema["properties"]["conditions"]["x-kubernetes-list-type"] = "map"
-    status_schema["properties"]["conditions"]["x-kubernetes-list-map-keys"] = ["type"]
-    status_schema["properties"]["conditions"]["items"]["required"] = ["type", "status", "reason"]
+def _crd(
+    kind: str,
+    plural: str,
+    short: str,
+    description: str,
+    spec_schema: Schema,
+    status_schema: Schema,
+    root_rules: list[dict[str, Any]],
+    subresources: Schema,
+    columns: list[Schema],
+) -> Schema:
+    conditions = status_schema["properties"]["conditions"]
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    conditions["items"]["required"] = ["type", "status", "reason"]
     root = {
         "type": "object",
-        "description": "A pool of HuggingFace Text Generation Inference servers for one model.",
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
@@ -101,21 +116,21 @@ def modelpool_crd() -> Schema:
             "spec": spec_schema,
             "status": status_schema,
         },
-        "x-kubernetes-validations": [rules.NAME_CEL],
+        "x-kubernetes-validations": root_rules,
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": "modelpool",
-                "shortNames": ["mp"],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
                 "categories": ["tgipool"],
             },
             "versions": [
@@ -124,20 +139,61 @@ def modelpool_crd() -> Schema:
                     "served": True,
                     "storage": True,
                     "schema": {"openAPIV3Schema": root},
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.replicas.min",
-                            "statusReplicasPath": ".status.replicas",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "subresources": subresources,
+                    "additionalPrinterColumns": columns,
                 }
             ],
         },
     }
 
 
+def modelpool_crd() -> Schema:
+    spec_schema = openapi_schema(ModelPoolSpec)
+    spec_schema["description"] = "Desired pool of TGI servers."
+    return _crd(
+        KIND,
+        PLURAL,
+        "mp",
+        "A pool of HuggingFace Text Generation Inference servers for one model.",
+        spec_schema,
+        openapi_schema(ModelPoolStatus),
+        [rules.NAME_CEL],
+        {
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.replicas.min",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector",
+            },
+        },
+        PRINTER_COLUMNS,
+    )
+
+
+GATEWAY_COLUMNS: list[Schema] = [
+    {"name": "Pools", "type": "integer", "jsonPath": ".status.routedPools"},
+    {"name": "Default", "type": "string", "jsonPath": ".status.defaultPool"},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def modelgateway_crd() -> Schema:
+    spec_schema = openapi_schema(ModelGatewaySpec)
+    spec_schema["description"] = "A gateway that routes requests across the selected ModelPools."
+    return _crd(
+        GATEWAY_KIND,
+        GATEWAY_PLURAL,
+        "mgw",
+        "Routes TGI and OpenAI requests to ModelPools by model, token length, priority and tenant.",
+        spec_schema,
+        openapi_schema(ModelGatewayStatus),
+        [GATEWAY_NAME_CEL],
+        {"status": {}},
+        GATEWAY_COLUMNS,
+    )
+
+
 def all_crds() -> list[Schema]:
-    return [modelpool_crd()]
+    return [modelpool_crd(), modelgateway_crd()]

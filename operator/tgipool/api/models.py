@@ -277,16 +277,6 @@ class Metadata(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _check(self) -> Metadata:
-        if (
-            len(self.name) > rules.MAX_POOL_NAME
-            or not re.match(DNS_LABEL_PATTERN, self.name)
-            or not (self.name[0].isalpha())
-        ):
-            raise ValueError(rules.NAME_CEL["message"])
-        return self
-
 
 class ModelPool(BaseModel):
     """A ModelPool as read from the API server or a file (status is ignored here)."""
@@ -296,6 +286,13 @@ class ModelPool(BaseModel):
     kind: Literal["ModelPool"] = "ModelPool"
     metadata: Metadata
     spec: ModelPoolSpec
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelPool:
+        name = self.metadata.name
+        if len(name) > rules.MAX_POOL_NAME or not re.match(DNS_LABEL_PATTERN, name) or not name[0].isalpha():
+            raise ValueError(rules.NAME_CEL["message"])
+        return self
 
     @property
     def name(self) -> str:

@@ -29,7 +29,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="run the model gateway (routes requests to pools by model, size, load and tenant)",
         description=__doc__,
     )
-    parser.add_argument("--config", required=True, help="gateway configuration YAML")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="gateway configuration YAML (outside Kubernetes)")
+    source.add_argument(
+        "--modelgateway", metavar="NAME", help="follow this ModelGateway, its pools and their ready pods live"
+    )
+    parser.add_argument("--namespace", "-n", default="default", help="namespace of the ModelGateway")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between cluster syncs")
     parser.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")  # noqa: S104
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
     parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
@@ -65,10 +71,39 @@ async def serve(config_path: str, config: GatewayConfig, host: str, port: int) -
         await server.stop()
 
 
+async def serve_cluster(args: argparse.Namespace) -> None:
+    from tgipool.gateway.cluster_source import ClusterSource
+    from tgipool.k8s.client import Kube
+
+    source = ClusterSource(Kube.from_environment("tgipool-gateway"), args.namespace, args.modelgateway)
+    server = GatewayServer(GatewayConfig(), args.host, args.port)
+    await server.start()
+    print(
+        f"tgipool gateway: following ModelGateway {args.namespace}/{args.modelgateway} "
+        f"on {args.host}:{server.port}",
+        file=sys.stderr,
+    )
+    follower = asyncio.create_task(source.follow(server.gateway.apply, args.interval))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        follower.cancel()
+        await server.stop()
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.modelgateway:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_cluster(args))
+        return 0
     try:
         config = load_config(args.config)
     except ConfigError as exc:

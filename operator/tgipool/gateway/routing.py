@@ -104,6 +104,7 @@ class Pool:
         self.waiters: list[Waiter] = []
         self.endpoints: list[Endpoint] = []
         self.removed = False
+        self._rotation = 0
         self.configure(config)
 
     def configure(self, config: PoolConfig) -> None:
@@ -130,9 +131,17 @@ class Pool:
 
     # --- endpoints ---
     def pick(self, now: float, exclude: Iterable[Endpoint] = ()) -> Endpoint | None:
-        """Least work in flight among available endpoints; None when saturated."""
+        """Least work in flight among available endpoints; None when saturated.
+
+        The scan starts one endpoint further each time, so ties (an idle pool) go round-robin
+        instead of always to the first endpoint.
+        """
         best: Endpoint | None = None
-        for ep in self.endpoints:
+        n = len(self.endpoints)
+        start = self._rotation % n if n else 0
+        self._rotation += 1
+        for i in range(n):
+            ep = self.endpoints[(start + i) % n]
             if not ep.available(now) or ep in exclude:
                 continue
             if best is None or (ep.in_flight, ep.in_flight_tokens) < (best.in_flight, best.in_flight_tokens):

@@ -47,6 +47,7 @@ from tgipool.gateway.tokens import chat_text, count_tokens
 log = logging.getLogger("tgipool.gateway")
 
 POOL_HEADER = "X-TGIPool-Pool"
+ENDPOINT_HEADER = "X-TGIPool-Endpoint"
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -228,6 +229,8 @@ def _request_headers(request: web.Request) -> CIMultiDict[str]:
 def _response_headers(upstream: aiohttp.ClientResponse, pool: str) -> CIMultiDict[str]:
     headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP)
     headers[POOL_HEADER] = pool
+    # Which server answered: operators trace a slow or failing reply to one pod.
+    headers[ENDPOINT_HEADER] = str(upstream.url.origin())
     return headers
 
 

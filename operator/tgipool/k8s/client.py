@@ -28,6 +28,11 @@ PLURALS = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     (f"{GROUP}/{VERSION}", "ModelPool"): PLURAL,
+    (f"{GROUP}/{VERSION}", "ModelGateway"): "modelgateways",
+    ("v1", "Secret"): "secrets",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
 }
 
 
@@ -101,13 +106,19 @@ class Kube:
         result: dict[str, Any] = self._call("PATCH", url, manifest, "application/apply-patch+yaml", query)
         return result
 
-    def list(self, api_version: str, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
-        """Objects of a kind in every namespace (a plain LIST; the operator itself uses watches)."""
+    def list(
+        self, api_version: str, kind: str, selector: str | None = None, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Objects of a kind, in one namespace or all (a plain LIST; the operator itself uses watches)."""
         prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        scope = f"/namespaces/{namespace}" if namespace else ""
         query = [("labelSelector", selector)] if selector else []
-        out: list[dict[str, Any]] = self._call(
-            "GET", f"{prefix}/{PLURALS[(api_version, kind)]}", query=query
-        )["items"]
+        url = f"{prefix}{scope}/{PLURALS[(api_version, kind)]}"
+        out: list[dict[str, Any]] = self._call("GET", url, query=query)["items"]
+        return out
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("GET", path(api_version, kind, namespace, name))
         return out
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
@@ -122,6 +133,8 @@ class Kube:
             if e.status != 404:
                 raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        url = path(f"{GROUP}/{VERSION}", "ModelPool", namespace, name) + "/status"
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], kind: str = "ModelPool"
+    ) -> None:
+        url = path(f"{GROUP}/{VERSION}", kind, namespace, name) + "/status"
         self._call("PATCH", url, {"status": status}, "application/merge-patch+json")

@@ -1,0 +1,192 @@
+"""PURE: the children of a ModelGateway: its identity, RBAC, Deployment, Service and HPA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tgipool.api.gateway_models import GATEWAY_KIND, ModelGateway
+from tgipool.api.models import GROUP, VERSION
+from tgipool.desired import names
+
+Manifest = dict[str, Any]
+GATEWAY_LABEL = f"{GROUP}/modelgateway"
+GATEWAY = "gateway"
+
+
+def child_name(gw: ModelGateway) -> str:
+    return f"{gw.metadata.name}-gateway"
+
+
+def selector_labels(gw: ModelGateway) -> dict[str, str]:
+    return {GATEWAY_LABEL: gw.metadata.name, names.COMPONENT_LABEL: GATEWAY}
+
+
+def _metadata(gw: ModelGateway) -> Manifest:
+    meta: Manifest = {
+        "name": child_name(gw),
+        "namespace": gw.metadata.namespace,
+        "labels": {
+            "app.kubernetes.io/name": "tgipool-gateway",
+            "app.kubernetes.io/instance": gw.metadata.name,
+            "app.kubernetes.io/managed-by": names.MANAGED_BY,
+            "app.kubernetes.io/part-of": "tgipool",
+            **selector_labels(gw),
+        },
+    }
+    if gw.metadata.uid:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": GATEWAY_KIND,
+                "name": gw.metadata.name,
+                "uid": gw.metadata.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return meta
+
+
+def build_service_account(gw: ModelGateway) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(gw),
+        "automountServiceAccountToken": True,
+    }
+
+
+def build_role(gw: ModelGateway) -> Manifest:
+    """Exactly what `tgipool gateway --modelgateway` reads: its gateway, the pools, their pods."""
+    rules: list[Manifest] = [
+        {
+            "apiGroups": [GROUP],
+            "resources": ["modelgateways", "modelpools"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    ]
+    ref = gw.spec.tenants_secret_ref
+    if ref is not None:
+        rules.append(
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": [ref.name]}
+        )
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(gw),
+        "rules": rules,
+    }
+
+
+def build_role_binding(gw: ModelGateway) -> Manifest:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(gw),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": child_name(gw)},
+        "subjects": [{"kind": "ServiceAccount", "name": child_name(gw), "namespace": gw.metadata.namespace}],
+    }
+
+
+def build_gateway_deployment(gw: ModelGateway) -> Manifest:
+    spec = gw.spec
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    container: Manifest = {
+        "name": "gateway",
+        "image": spec.image,
+        "args": [
+            "gateway",
+            "--modelgateway",
+            gw.metadata.name,
+            "--namespace",
+            gw.metadata.namespace,
+            "--host",
+            "0.0.0.0",  # noqa: S104  the pod serves the cluster
+            "--port",
+            str(spec.port),
+        ],
+        "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
+        "resources": spec.resources
+        or {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "readinessProbe": {**health, "periodSeconds": 5},
+        "livenessProbe": {**health, "periodSeconds": 20, "failureThreshold": 6},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(gw),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(gw)},
+            "template": {
+                "metadata": {"labels": _metadata(gw)["labels"]},
+                "spec": {
+                    "serviceAccountName": child_name(gw),
+                    "enableServiceLinks": False,
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container],
+                },
+            },
+        },
+    }
+
+
+def build_gateway_service(gw: ModelGateway) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(gw),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(gw),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_gateway_hpa(gw: ModelGateway) -> Manifest:
+    r = gw.spec.replicas
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(gw),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": child_name(gw)},
+            "minReplicas": r.min,
+            "maxReplicas": max(r.min, r.max or r.min),
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": gw.spec.target_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def build_gateway_children(gw: ModelGateway) -> list[Manifest]:
+    return [
+        build_service_account(gw),
+        build_role(gw),
+        build_role_binding(gw),
+        build_gateway_service(gw),
+        build_gateway_deployment(gw),
+        build_gateway_hpa(gw),
+    ]
+
+
+def gateway_endpoint(gw: ModelGateway) -> str:
+    return f"http://{child_name(gw)}.{gw.metadata.namespace}.svc:80"

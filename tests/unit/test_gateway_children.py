@@ -1,0 +1,118 @@
+"""ModelGateway: golden children, the routing table it publishes, the config the gateway builds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tgipool.api.gateway_models import ModelGateway
+from tgipool.api.models import ModelPool
+from tgipool.desired.gateway import build_gateway_children
+from tgipool.gateway.cluster_source import build_config, ready_endpoints
+from tgipool.handlers.gateway import routing_table
+
+from .conftest import EXAMPLES, load_example
+
+GOLDEN = Path(__file__).parent / "golden" / "gateway.yaml"
+
+
+def gateway(**spec: Any) -> ModelGateway:
+    doc = yaml.safe_load((EXAMPLES / "gateway.yaml").read_text())
+    doc["metadata"].update(namespace="ml", uid="gw-uid")
+    doc["spec"].update(spec)
+    return ModelGateway.model_validate(doc)
+
+
+def pools() -> list[dict[str, Any]]:
+    out = []
+    for name in ("llama3-8b-ru-short", "llama3-8b-ru-long", "code-7b", "balanced-awq"):
+        doc = load_example(name)
+        doc["metadata"]["namespace"] = "ml"
+        doc["status"] = {"readyReplicas": 2}
+        out.append(doc)
+    out[-1]["metadata"]["labels"] = {"tgipool.io/gateway": "other"}
+    return out
+
+
+def pod(pool: str, ip: str, ready: bool = True, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": f"{pool}-{ip}", "labels": {"tgipool.io/pool": pool}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {
+        "metadata": meta,
+        "spec": {"containers": [{"name": "tgi", "ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def test_gateway_children_match_golden() -> None:
+    text = yaml.safe_dump_all(
+        build_gateway_children(gateway(tenantsSecretRef={"name": "keys"})), sort_keys=False
+    )
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_gateway_role_is_least_privilege() -> None:
+    role = next(m for m in build_gateway_children(gateway()) if m["kind"] == "Role")
+    verbs = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert ("", "secrets", "get") not in verbs, "no tenants secret: no secret access"
+    assert all(v in {"get", "list", "watch"} for _, _, v in verbs)
+    role = next(
+        m for m in build_gateway_children(gateway(tenantsSecretRef={"name": "keys"})) if m["kind"] == "Role"
+    )
+    secret_rule = next(r for r in role["rules"] if r["resources"] == ["secrets"])
+    assert secret_rule == {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["get"],
+        "resourceNames": ["keys"],
+    }
+
+
+def test_routing_table_lists_selected_pools() -> None:
+    rows = routing_table(gateway(), pools())
+    assert [r["name"] for r in rows] == ["code-7b", "llama3-8b-ru-short", "llama3-8b-ru-long"]
+    short = rows[1]
+    assert (short["maxInputTokens"], short["maxTotalTokens"], short["fallbackPool"]) == (
+        2048,
+        4096,
+        "llama3-8b-ru-long",
+    )
+    assert all(r["readyEndpoints"] == 2 for r in rows)
+
+
+def test_gateway_config_follows_ready_pods() -> None:
+    pods = [
+        pod("llama3-8b-ru-short", "127.1.0.2"),
+        pod("llama3-8b-ru-short", "127.1.0.3", ready=False),
+        pod("llama3-8b-ru-short", "127.1.0.4", deleting=True),
+        pod("code-7b", "127.1.0.9"),
+    ]
+    cfg = build_config(
+        gateway(), pools(), pods, [{"name": "a", "apiKey": "key-aaaaaaaa", "pools": ["code-7b", "balanced"]}]
+    )
+    by_name = {p.name: p for p in cfg.pools}
+    assert set(by_name) == {"llama3-8b-ru-short", "llama3-8b-ru-long", "code-7b"}
+    assert by_name["llama3-8b-ru-short"].endpoints == ["http://127.1.0.2:8080"]
+    assert by_name["llama3-8b-ru-long"].endpoints == []
+    assert by_name["llama3-8b-ru-short"].fallback_pool == "llama3-8b-ru-long"
+    assert cfg.default_pool == "llama3-8b-ru-short"
+    assert cfg.tenants[0].pools == ["code-7b"], "pools outside the gateway are dropped from a tenant"
+
+
+def test_ready_endpoints_use_the_container_port() -> None:
+    p = pod("code-7b", "127.1.0.5")
+    p["spec"]["containers"][0]["ports"][0]["containerPort"] = 9000
+    pool = ModelPool.model_validate({**load_example("code-7b"), "metadata": {"name": "code-7b"}})
+    assert ready_endpoints(pool, [p]) == ["http://127.1.0.5:9000"]
