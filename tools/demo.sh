@@ -10,6 +10,9 @@ pidfile="$root/.cluster/operator.pid"
 log="$root/.cluster/operator.log"
 sim_pidfile="$root/.cluster/sim.pid"
 sim_log="$root/.cluster/sim.log"
+gw_pidfile="$root/.cluster/gateway.pid"
+gw_log="$root/.cluster/gateway.log"
+gw_port=${TGIPOOL_DEMO_GATEWAY_PORT:-18080}
 
 stop_pid() {
   if [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; then
@@ -17,7 +20,7 @@ stop_pid() {
   fi
   rm -f "$1"
 }
-stop_operator() { stop_pid "$pidfile"; stop_pid "$sim_pidfile"; }
+stop_operator() { stop_pid "$pidfile"; stop_pid "$sim_pidfile"; stop_pid "$gw_pidfile"; }
 
 if [[ "${1:-}" == "down" ]]; then
   stop_operator
@@ -56,16 +59,29 @@ done
 kubectl wait --for=condition=Ready modelpool --all --timeout=10s
 step "kubectl get modelpools"
 kubectl get modelpools
-step "a request to an emulated pod of llama3-8b-ru-short"
-pod_ip=$(kubectl get pods -l tgipool.io/pool=llama3-8b-ru-short,app.kubernetes.io/component=inference-server \
-  -o jsonpath='{.items[0].status.podIP}')
-body='{"inputs":"What is a weight cache?","parameters":{"max_new_tokens":12}}'
-echo "curl http://$pod_ip:8080/generate -d '$body'"
-for i in $(seq 1 20); do
-  if answer=$(curl -sf "http://$pod_ip:8080/generate" -H 'content-type: application/json' -d "$body"); then break; fi
-  sleep 0.5
-done
-echo "$answer"
+step "the gateway (ModelGateway main), run here as its pod would run it (log: $gw_log)"
+nohup .venv/bin/tgipool gateway --modelgateway main --namespace default --host 127.0.0.1 \
+  --port "$gw_port" --log-level INFO >"$gw_log" 2>&1 &
+echo $! >"$gw_pidfile"
+kubectl get modelgateway main -o wide
+step "requests through the gateway, answered by emulated pods (tgipool sim)"
+ask() {  # model, prompt words, max_new_tokens
+  local body="{\"inputs\":\"$(printf "%s " $(yes "$2" | head -n "$3"))\",\"parameters\":{\"max_new_tokens\":12}}"
+  for i in $(seq 1 40); do
+    if out=$(curl -sf -D - -o /tmp/tgipool-demo-answer "http://127.0.0.1:$gw_port/generate" \
+        -H 'content-type: application/json' -H "X-Model: $1" -d "$body"); then
+      echo "  $1, $3-word prompt -> pool $(grep -i '^x-tgipool-pool' <<<"$out" | cut -d' ' -f2 | tr -d '\r')" \
+        "pod $(grep -i '^x-tgipool-endpoint' <<<"$out" | cut -d' ' -f2 | tr -d '\r'):" \
+        "$(cat /tmp/tgipool-demo-answer)"
+      return
+    fi
+    sleep 0.5
+  done
+  echo "  no answer from the gateway; see $gw_log"; exit 1
+}
+ask llama3-8b-ru "hello" 5
+ask llama3-8b-ru "context" 3000
+ask code-7b "def" 5
 cat <<TXT
 
 Look further:
@@ -74,7 +90,8 @@ Look further:
   kubectl get deploy,svc,pvc,job,hpa,pdb,pods -l app.kubernetes.io/managed-by=tgipool
   .venv/bin/tgipool render -f examples/               # what the operator applies, as YAML
   tail -f $log   # operator log (JSON)
-  curl http://$pod_ip:8080/info                       # any pool pod answers like TGI (tgipool sim)
+  curl -i http://127.0.0.1:$gw_port/generate -H 'X-Model: llama3-8b-ru' -d '{"inputs":"hi"}'   # the gateway
+  kubectl get pods -o wide; curl http://<pod IP>:8080/info   # any pool pod answers like TGI (tgipool sim)
 Stop everything:
   make demo-down
 TXT
