@@ -213,8 +213,12 @@ cmd_up() {
   if [[ "${TGIPOOL_AUDIT:-1}" == 1 ]]; then
     audit_args=(--kube-audit-policy "$here/kwok/audit-policy.yaml")
   fi
-  log "starting control plane (kwokctl --runtime binary, binaries from $BIN)"
-  if ! kwokctl -c "$here/kwok/kwokctl.yaml" create cluster --name "$name" --runtime binary \
+  # Pod IPs are loopback addresses that `tgipool sim` binds; a /16 derived from this checkout's
+  # path keeps two clones' clusters on one machine from serving each other's pod addresses.
+  local octet=$(( $(printf '%s' "$root" | cksum | cut -d' ' -f1) % 200 + 20 ))
+  sed "s|cidr: 127.1.0.0/16|cidr: 127.$octet.0.0/16|" "$here/kwok/kwokctl.yaml" >"$state/kwokctl.yaml"
+  log "starting control plane (kwokctl --runtime binary, binaries from $BIN; pod CIDR 127.$octet.0.0/16)"
+  if ! kwokctl -c "$state/kwokctl.yaml" create cluster --name "$name" --runtime binary \
       --etcd-binary "$BIN/etcd" \
       --kube-apiserver-binary "$BIN/kube-apiserver" \
       --kube-controller-manager-binary "$BIN/kube-controller-manager" \

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from .cluster import Operator, apply, get, items, kubectl, wait_for
-from .conftest import apply_pool
+from .cluster import ROOT, Operator, apply, get, items, kubectl, wait_for
+
+EXAMPLES = ROOT / "examples"
 
 
 def free_port() -> int:
@@ -76,34 +77,44 @@ def pod_urls(pool: str, ns: str) -> set[str]:
 def test_gateway_routes_to_emulated_pods_of_the_right_pool(
     operator: Operator, sim: None, ns: str, tmp_path: Path
 ) -> None:
-    sel = {"tgipool.io/gateway": "main"}
-    for name, served, profile, extra in (
-        ("short", "llama3-8b-ru", "short", {"routing": {"priority": 10, "fallbackPool": "long"}}),
-        ("long", "llama3-8b-ru", "long", {}),
-        ("code", "code-7b", "short", {}),
-    ):
-        doc = apply_pool(name, ns, profile=profile, model={"id": "org/m", "servedName": served}, **extra)
-        doc["metadata"]["labels"] = sel
-        apply(doc)
-    apply(
+    # The example pools and gateway, as a platform team would apply them, plus a tenant.
+    kubectl("create", "secret", "generic", "hf-token", "-n", ns, "--from-literal=token=placeholder")
+    tenants = [
         {
-            "apiVersion": "tgipool.io/v1alpha1",
-            "kind": "ModelGateway",
-            "metadata": {"name": "main", "namespace": ns},
-            "spec": {"poolSelector": {"matchLabels": sel}, "defaultPool": "short"},
-        }
+            "name": "team-a",
+            "apiKey": "key-team-a-0123",
+            "pools": ["code-7b", "llama3-8b-ru-short", "llama3-8b-ru-long"],
+        },
+        {"name": "team-code", "apiKey": "key-team-code-0123", "pools": ["code-7b"]},
+    ]
+    kubectl(
+        "create",
+        "secret",
+        "generic",
+        "gateway-tenants",
+        "-n",
+        ns,
+        f"--from-literal=tenants.yaml={yaml.safe_dump(tenants)}",
     )
+    for f in sorted(EXAMPLES.glob("*.yaml")):
+        doc = yaml.safe_load(f.read_text())
+        doc["metadata"]["namespace"] = ns
+        if doc["kind"] == "ModelGateway":
+            doc["spec"]["tenantsSecretRef"] = {"name": "gateway-tenants"}
+        apply(doc)
 
     def table() -> dict[str, Any] | None:
         gw = get("modelgateway", "main", ns)
         status = (gw or {}).get("status") or {}
         ready = all(p["readyEndpoints"] >= 1 for p in status.get("pools", []))
-        return gw if status.get("routedPools") == 3 and ready and status.get("phase") == "Ready" else None
+        return gw if status.get("routedPools") == 4 and ready and status.get("phase") == "Ready" else None
 
-    gw = wait_for("routing table of 3 ready pools", table, timeout=120)
+    gw = wait_for("routing table of 4 ready pools", table, timeout=120)
     rows = {p["name"]: p for p in gw["status"]["pools"]}
-    assert rows["short"]["maxTotalTokens"] == 4096 and rows["long"]["maxTotalTokens"] == 12288
-    assert rows["short"]["fallbackPool"] == "long" and gw["status"]["defaultPool"] == "short"
+    assert rows["llama3-8b-ru-short"]["maxTotalTokens"] == 4096
+    assert rows["llama3-8b-ru-long"]["maxTotalTokens"] == 12288
+    assert rows["llama3-8b-ru-short"]["fallbackPool"] == "llama3-8b-ru-long"
+    assert gw["status"]["defaultPool"] == "llama3-8b-ru-short"
     for kind in ("deployment", "service", "serviceaccount", "role", "rolebinding", "hpa"):
         child = get(kind, "main-gateway", ns)
         assert child is not None and child["metadata"]["ownerReferences"][0]["kind"] == "ModelGateway", kind
@@ -137,45 +148,57 @@ def test_gateway_routes_to_emulated_pods_of_the_right_pool(
         )
     try:
         base = f"http://127.0.0.1:{port}"
+        a = {"Authorization": "Bearer key-team-a-0123"}
+        llama = {**a, "X-Model": "llama3-8b-ru"}
         short = {"inputs": "What is a KV cache?", "parameters": {"max_new_tokens": 8}}
-        wait_for(
-            "gateway serving",
-            lambda: post(f"{base}/generate", short, {"X-Model": "llama3-8b-ru"})[0] == 200,
-            timeout=60,
-        )
-        status, headers, body = post(f"{base}/generate", short, {"X-Model": "llama3-8b-ru"})
-        assert status == 200 and headers["X-TGIPool-Pool"] == "short"
-        assert headers["X-TGIPool-Endpoint"] in pod_urls("short", ns)
+
+        def serving() -> bool:
+            result = post(f"{base}/generate", short, llama)
+            assert result[0] == 200, result  # wait_for reports the last answer on timeout
+            return True
+
+        wait_for("gateway serving", serving, timeout=60)
+        status, headers, body = post(f"{base}/generate", short, llama)
+        assert status == 200 and headers["X-TGIPool-Pool"] == "llama3-8b-ru-short"
+        assert headers["X-TGIPool-Endpoint"] in pod_urls("llama3-8b-ru-short", ns)
         assert body["generated_text"]
 
         long_prompt = {"inputs": "tell me more " * 1000, "parameters": {"max_new_tokens": 16}}
-        status, headers, _ = post(f"{base}/generate", long_prompt, {"X-Model": "llama3-8b-ru"})
-        assert status == 200 and headers["X-TGIPool-Pool"] == "long"
-        assert headers["X-TGIPool-Endpoint"] in pod_urls("long", ns)
+        status, headers, _ = post(f"{base}/generate", long_prompt, llama)
+        assert status == 200 and headers["X-TGIPool-Pool"] == "llama3-8b-ru-long"
+        assert headers["X-TGIPool-Endpoint"] in pod_urls("llama3-8b-ru-long", ns)
 
         chat = {"model": "code-7b", "max_tokens": 8, "messages": [{"role": "user", "content": "def f():"}]}
-        status, headers, body = post(f"{base}/v1/chat/completions", chat)
-        assert status == 200 and headers["X-TGIPool-Pool"] == "code"
-        assert headers["X-TGIPool-Endpoint"] in pod_urls("code", ns)
+        status, headers, body = post(f"{base}/v1/chat/completions", chat, a)
+        assert status == 200 and headers["X-TGIPool-Pool"] == "code-7b"
+        assert headers["X-TGIPool-Endpoint"] in pod_urls("code-7b", ns)
         assert body["object"] == "chat.completion"
 
-        status, headers, _ = post(f"{base}/generate", short)
-        assert status == 200 and headers["X-TGIPool-Pool"] == "short", "no model: the default pool"
+        status, headers, _ = post(f"{base}/generate", short, a)
+        assert status == 200 and headers["X-TGIPool-Pool"] == "llama3-8b-ru-short", "no model: the default"
 
         too_long = {"inputs": "word " * 20000, "parameters": {"max_new_tokens": 16}}
-        status, _, body = post(f"{base}/generate", too_long, {"X-Model": "llama3-8b-ru"})
+        status, _, body = post(f"{base}/generate", too_long, llama)
         assert status == 422 and body["error_type"] == "validation"
 
+        # Tenants from the Secret: no key, a wrong key, a pool outside the tenant's list.
+        assert post(f"{base}/generate", short, {"X-Model": "llama3-8b-ru"})[0] == 401
+        wrong = {"X-Model": "llama3-8b-ru", "Authorization": "Bearer nope-nope-nope"}
+        assert post(f"{base}/generate", short, wrong)[0] == 401
+        code_only = {"Authorization": "Bearer key-team-code-0123"}
+        assert post(f"{base}/generate", short, {**code_only, "X-Model": "llama3-8b-ru"})[0] == 403
+        assert post(f"{base}/v1/chat/completions", chat, code_only)[0] == 200
+
         # A pool scaled up is followed live: its new pod starts answering through the gateway.
-        kubectl("scale", "modelpool", "code", "-n", ns, "--replicas=2")
-        wait_for("2 code pods", lambda: len(pod_urls("code", ns)) == 2, timeout=60)
+        kubectl("scale", "modelpool", "code-7b", "-n", ns, "--replicas=2")
+        wait_for("2 code pods", lambda: len(pod_urls("code-7b", ns)) == 2, timeout=60)
         seen: set[str] = set()
 
         def both_code_pods() -> bool:
-            st, hd, _ = post(f"{base}/v1/chat/completions", chat)
+            st, hd, _ = post(f"{base}/v1/chat/completions", chat, a)
             if st == 200:
                 seen.add(hd["X-TGIPool-Endpoint"])
-            return seen == pod_urls("code", ns)
+            return seen == pod_urls("code-7b", ns)
 
         wait_for("requests reach both code pods", both_code_pods, timeout=60, interval=0.2)
     finally:
