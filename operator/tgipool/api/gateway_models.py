@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tgipool.api.models import DNS_LABEL_PATTERN, Condition, Metadata, Spec, Status
+from tgipool.api.models import Condition, Metadata, Spec, Status, check_child_name
 
 GATEWAY_KIND = "ModelGateway"
 GATEWAY_PLURAL = "modelgateways"
@@ -89,11 +89,7 @@ class ModelGateway(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ModelGateway:
-        import re
-
-        name = self.metadata.name
-        if len(name) > MAX_GATEWAY_NAME or not re.match(DNS_LABEL_PATTERN, name) or not name[0].isalpha():
-            raise ValueError(GATEWAY_NAME_CEL["message"])
+        check_child_name(self.metadata.name, MAX_GATEWAY_NAME, GATEWAY_NAME_CEL["message"])
         return self
 
 

@@ -268,6 +268,12 @@ class ModelPoolSpec(Spec):
         return self
 
 
+def check_child_name(name: str, max_length: int, message: str) -> None:
+    """Names become child names, labels and Service names: a DNS-1035 label that leaves room."""
+    if len(name) > max_length or not re.match(DNS_LABEL_PATTERN, name) or not name[0].isalpha():
+        raise ValueError(message)
+
+
 class Metadata(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
@@ -289,9 +295,7 @@ class ModelPool(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ModelPool:
-        name = self.metadata.name
-        if len(name) > rules.MAX_POOL_NAME or not re.match(DNS_LABEL_PATTERN, name) or not name[0].isalpha():
-            raise ValueError(rules.NAME_CEL["message"])
+        check_child_name(self.metadata.name, rules.MAX_POOL_NAME, rules.NAME_CEL["message"])
         return self
 
     @property
