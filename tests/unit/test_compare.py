@@ -76,3 +76,14 @@ def test_status_patch_only_when_changed() -> None:
     assert status_patch({"phase": "Ready", "replicas": 2}, old) is None
     assert status_patch({"phase": "Degraded", "replicas": 2}, old) == {"phase": "Degraded"}
     assert status_patch({"phase": "Invalid"}, old) == {"phase": "Invalid", "replicas": None}
+
+
+def test_fresher_prefers_the_newer_copy() -> None:
+    from tgipool.handlers.reconcile import fresher
+
+    old = {"metadata": {"resourceVersion": "10"}}
+    new = {"metadata": {"resourceVersion": "12"}}
+    assert fresher(None, new) is new, "the watch has not delivered our apply yet"
+    assert fresher(old, new) is new
+    assert fresher(new, old) is new, "a hand edit after our apply wins"
+    assert fresher(old, None) is old

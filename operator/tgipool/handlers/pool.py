@@ -12,7 +12,7 @@ from tgipool.api.models import GROUP, PLURAL, VERSION
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import names
 from tgipool.handlers import indexes
-from tgipool.handlers.reconcile import reconcile
+from tgipool.handlers.reconcile import forget_applied, reconcile
 from tgipool.k8s.client import Kube
 
 FIELD_MANAGER = "tgipool"
@@ -49,10 +49,18 @@ async def pool_changed(
 
 
 async def child_changed(
-    namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+    type: str,  # kopf's name for the watch event type
+    body: kopf.Body,
+    namespace: str | None,
+    labels: Mapping[str, str],
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kwargs: Any,
 ) -> None:
     """A child changed (drift, deletion, status): re-run the owner's reconcile from the caches."""
     key = (namespace or "", labels[names.POOL_LABEL])
+    if type == "DELETED":
+        forget_applied(body.get("kind", ""), key[0], body["metadata"]["name"])
     store = kwargs["pool_index"].get(key)
     if not store:
         return

@@ -39,6 +39,8 @@ _locks: dict[tuple[str, str], asyncio.Lock] = {}
 # Status we last wrote, by pool uid: the watch may not have delivered it yet, and comparing
 # against a stale copy would write the same status twice.
 _written: dict[str, Manifest] = {}
+# The API server's answer to our last apply of each child, by (kind, namespace, name).
+_applied: dict[tuple[str, str, str], Manifest] = {}
 
 
 @dataclass
@@ -51,6 +53,32 @@ class Outcome:
     @property
     def writes(self) -> int:
         return len(self.applied) + len(self.deleted) + int(self.status_written)
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def fresher(cached: Manifest | None, applied: Manifest | None) -> Manifest | None:
+    """The newer of the watch cache's copy of a child and the API server's answer to our last apply.
+
+    Under load the watch lags behind our own writes; without this, every event that arrives in
+    between would apply the same child again. etcd-backed resourceVersions increase, so the larger
+    one is the newer state (a hand edit after our apply wins, and is reverted).
+    """
+    if applied is None:
+        return cached
+    if cached is not None and _rv(cached) >= _rv(applied):
+        return cached
+    return applied
+
+
+def forget_applied(kind: str, namespace: str, name: str) -> None:
+    """A child was deleted: the next reconcile must see it missing, whatever we applied before."""
+    _applied.pop((kind, namespace, name), None)
 
 
 def _event_target(raw: Mapping[str, Any]) -> kopf.Body:
@@ -130,10 +158,11 @@ async def _reconcile(
 
     for manifest in filter(None, plan):
         kind, name = manifest["kind"], manifest["metadata"]["name"]
-        if not needs_apply(manifest, snap.get(kind, name)):
+        key = (kind, pool.namespace, name)
+        if not needs_apply(manifest, fresher(snap.get(kind, name), _applied.get(key))):
             continue
         try:
-            await asyncio.to_thread(kube.apply, stamped(manifest))
+            _applied[key] = await asyncio.to_thread(kube.apply, stamped(manifest))
             out.applied.append(f"{kind}/{name}")
         except ApplyError as e:
             out.errors.append(e)
