@@ -8,7 +8,7 @@ KUBECONFIG_LOCAL := $(CURDIR)/.cluster/kubeconfig
 export PATH := $(shell tools/build.sh --print-bin):$(PATH)
 
 .PHONY: help install tools print-bin manifests check-manifests lint unit e2e test demo demo-down \
-        cluster-up cluster-down kind-up bench bench-deps clean
+        cluster-up cluster-down kind-up bench bench-deps helm-lint clean
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -29,17 +29,20 @@ tools: ## build the control-plane binaries into a cache outside the repo (first 
 print-bin: ## print the directory holding the built binaries
 	@tools/build.sh --print-bin
 
-manifests: install ## regenerate crds/ from the pydantic models
+manifests: install ## regenerate crds/ from the pydantic models, and the chart's copy
 	$(PY) -m tgipool.cli crds --dir crds
+	$(PY) tools/chart_crds.py
 
 check-manifests: install ## fail when crds/ differs from the models
-	@rm -rf .manifests-check && $(PY) -m tgipool.cli crds --dir .manifests-check
+	@rm -rf .manifests-check
+	@$(PY) tools/chart_crds.py --check && $(PY) -m tgipool.cli crds --dir .manifests-check
 	@diff -ru crds .manifests-check || { echo "crds/ is stale: run 'make manifests' and commit"; exit 1; }
 	@rm -rf .manifests-check
+	@$(PY) tools/chart_crds.py --check
 
 lint: install ## ruff (lint + format check) and mypy strict
-	$(VENV)/bin/ruff check operator tests bench
-	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/ruff check operator tests bench tools
+	$(VENV)/bin/ruff format --check operator tests bench tools
 	$(VENV)/bin/mypy
 
 unit: install ## unit tests (pure parts)
@@ -57,7 +60,10 @@ kind-up: install ## a kind cluster with fake GPUs (needs a Docker engine)
 e2e: tools install ## e2e tests on KUBECONFIG, else on the local cluster (brought up and down)
 	tools/e2e.sh
 
-test: lint check-manifests unit e2e ## everything CI runs
+helm-lint: tools install ## helm lint + helm template of charts/tgi-pool, defaults and every ci/ option
+	tools/chart.sh
+
+test: lint check-manifests helm-lint unit e2e ## everything CI runs
 
 demo: tools install ## local cluster + operator + example pools, Ready on simulated GPUs
 	tools/demo.sh

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -79,6 +80,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             clusterwide=not args.namespace,
             standalone=args.peering is None,
             peering_name=args.peering,
+            # kopf pauses every peer that shares the highest priority: without distinct
+            # priorities all replicas would stand by. A random one makes exactly one active.
+            priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),  # noqa: S311  not a secret
             liveness_endpoint=args.liveness,
         )
     )
@@ -101,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
         help="watch only this namespace (repeatable); default: all namespaces",
     )
     run.add_argument("--peering", metavar="NAME", help="kopf peering object, for a standby replica")
+    run.add_argument("--priority", type=int, help="peering priority (default: random); the highest is active")
     run.add_argument(
         "--liveness", metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
