@@ -74,7 +74,7 @@ demo-down: ## stop the demo operator and the cluster
 bench-deps: ## nginx, the plain reverse proxy the gateway bench compares against
 	@command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light; }
 
-bench: install bench-deps ## benchmarks (ratios measured side by side)
+bench: install bench-deps cluster-up ## benchmarks (ratios measured side by side; the operator bench needs the cluster)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
 
 clean: cluster-down ## remove the venv and caches (not the binary cache)
