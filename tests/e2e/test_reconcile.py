@@ -311,3 +311,19 @@ def test_sim_serves_an_emulated_tgi_on_every_pod(operator: Operator, ns: str, tm
     finally:
         sim.terminate()
         sim.wait(timeout=10)
+
+
+def test_turning_cold_releases_gpus_and_cache(operator: Operator, ns: str) -> None:
+    apply_pool("chill", ns)
+    wait_ready("chill", ns)
+    apply_pool("chill", ns, tier="cold")
+
+    def released() -> bool:
+        left = [k for k, pattern in CHILDREN if get(k, pattern.format(n="chill"), ns) is not None]
+        return not left and not items("jobs", ns, "tgipool.io/pool=chill")
+
+    wait_for("children of a cold pool deleted", released, timeout=90)
+    p = pool("chill", ns)
+    assert p["status"]["phase"] == "Cold" and condition(p, "Ready")["reason"] == "ColdTier"
+    apply_pool("chill", ns, tier="hot")
+    wait_ready("chill", ns)

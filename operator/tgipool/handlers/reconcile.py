@@ -167,11 +167,16 @@ async def _reconcile(
         except ApplyError as e:
             out.errors.append(e)
 
+    # Prune what the spec no longer asks for: fetch Jobs of an older revision, and everything but
+    # the pool itself when it turns cold (its GPUs and cache are released).
+    wanted = {(m["kind"], m["metadata"]["name"]) for m in children.all()}
+    for (kind, name), child in snap.children.items():
+        if (kind, name) in wanted or child["metadata"].get("deletionTimestamp"):
+            continue
+        await asyncio.to_thread(kube.delete, child["apiVersion"], kind, pool.namespace, name)
+        forget_applied(kind, pool.namespace, name)
+        out.deleted.append(f"{kind}/{name}")
     current_job = children.fetch_job["metadata"]["name"] if children.fetch_job else None
-    for job in snap.of_kind("Job"):
-        if job["metadata"]["name"] != current_job and not job["metadata"].get("deletionTimestamp"):
-            await asyncio.to_thread(kube.delete, "batch/v1", "Job", pool.namespace, job["metadata"]["name"])
-            out.deleted.append(f"Job/{job['metadata']['name']}")
 
     observed = snap.observed(pool.name, current_job, names.cache_name(pool))
     new = compute_status(pool, observed, cfg, previous, now_rfc3339(), capacity)
