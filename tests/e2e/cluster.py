@@ -136,8 +136,9 @@ def write_requests() -> dict[str, float]:
 class Operator:
     """`tgipool run` as a real process, with its log captured to a file."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, args: list[str] | None = None) -> None:
         self.log_dir = log_dir
+        self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = log_dir / "operator-0.log"
         self.starts = 0
@@ -147,7 +148,7 @@ class Operator:
         self.starts += 1
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tgipool.cli", "run", "--verbose"],
+                [sys.executable, "-m", "tgipool.cli", "run", "--verbose", *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
