@@ -61,10 +61,12 @@ def test_standby_replica_takes_over(alone: None, ns: str, tmp_path: Path) -> Non
         replicas.append(Operator(tmp_path / name, ["--peering", PEERING, "--priority", priority]))
     active, standby = replicas
     active.start()
-    standby.start()
     try:
-        # Both start paused until they have seen the peering object; only the higher priority resumes.
         active.wait_log(r"Resuming operations after the pause", timeout=60)
+        # The standby starts paused (kopf holds every watch until it has read the peering object)
+        # and, seeing a live peer of higher priority, stays paused.
+        standby.start()
+        standby.wait_log(r"watch-stream for clusterkopfpeerings", timeout=60)
         apply_pool("one", ns)
         wait_ready("one", ns)
         assert "Resuming operations" not in standby.log(), "the standby must stay paused"
