@@ -376,6 +376,10 @@ class Handlers:
                     ),
                 )
         fallback = await self._fallback(pool, tenant, parsed)
+        if route.startswith("/v1/") and data.get("model") == pool.model:
+            # TGI serves its base model as "tgi" and takes any other name for a LoRA adapter id:
+            # the served name clients use must not reach it.
+            body = json.dumps({**data, "model": "tgi"}, separators=(",", ":")).encode()
         return await self.forward(request, route, body, pool, fallback, n_total, priority, t0)
 
     @staticmethod

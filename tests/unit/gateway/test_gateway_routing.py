@@ -161,3 +161,58 @@ def test_streaming_through_gateway_with_text_generation_client() -> None:
                 raise AssertionError("expected a validation error")
 
     asyncio.run(scenario())
+
+
+def test_served_name_becomes_tgi_upstream() -> None:
+    """TGI takes any OpenAI `model` other than "tgi" for a LoRA adapter id."""
+    import asyncio
+
+    from aiohttp import web
+
+    from tgipool.gateway.config import parse_config
+    from tgipool.gateway.server import GatewayServer
+
+    seen: list[str] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        seen.append((await request.json())["model"])
+        return web.json_response({"object": "chat.completion", "choices": []})
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        cfg = parse_config(
+            {
+                "pools": [
+                    {
+                        "name": "p",
+                        "servedName": "llama3",
+                        "maxInputTokens": 100,
+                        "maxTotalTokens": 200,
+                        "maxConcurrentRequests": 4,
+                        "endpoints": [f"http://127.0.0.1:{port}"],
+                    }
+                ]
+            }
+        )
+        gw = GatewayServer(cfg, "127.0.0.1", 0)
+        await gw.start()
+        try:
+            import aiohttp
+
+            async with aiohttp.ClientSession() as s:
+                body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+                async with s.post(f"http://127.0.0.1:{gw.port}/v1/chat/completions", json=body) as r:
+                    assert r.status == 200
+                    assert r.headers["X-TGIPool-Pool"] == "p"
+        finally:
+            await gw.stop()
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+    assert seen == ["tgi"]
