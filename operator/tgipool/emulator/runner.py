@@ -9,40 +9,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from aiohttp import web
-
 from tgipool.emulator.engine import Emulator
 from tgipool.emulator.scheduler import Clock
 from tgipool.emulator.server import EMULATOR_KEY, build_app
 from tgipool.emulator.settings import EmulatorSettings
+from tgipool.serving import ListeningApp
 
 
-class EmulatorServer:
+class EmulatorServer(ListeningApp):
     """An emulator bound to a listening socket. `port=0` picks a free port (see `.port` after start)."""
 
     def __init__(self, settings: EmulatorSettings, clock: Clock | None = None) -> None:
-        self.app = build_app(settings, clock)
+        super().__init__(build_app(settings, clock), settings.hostname, settings.port)
         self.emulator: Emulator = self.app[EMULATOR_KEY]
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        self.host = settings.hostname
-        self.port = settings.port
-
-    async def start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        if self.port == 0:
-            self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
-
-    @property
-    def url(self) -> str:
-        host = "127.0.0.1" if self.host in {"0.0.0.0", ""} else self.host  # noqa: S104
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
 
 
 async def start_emulators(

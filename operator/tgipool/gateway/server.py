@@ -43,6 +43,7 @@ from tgipool.gateway.metrics import GatewayMetrics
 from tgipool.gateway.routing import Endpoint, Pool, PoolRemovedError, RoutingTable
 from tgipool.gateway.tenants import Tenant, Tenants
 from tgipool.gateway.tokens import chat_text, count_tokens
+from tgipool.serving import ListeningApp
 
 log = logging.getLogger("tgipool.gateway")
 
@@ -595,29 +596,9 @@ def build_app(config: GatewayConfig, gateway: Gateway | None = None) -> web.Appl
     return app
 
 
-class GatewayServer:
+class GatewayServer(ListeningApp):
     """The gateway on a listening socket (`port=0`: a free port, see `.port` after `start()`)."""
 
     def __init__(self, config: GatewayConfig, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.app = build_app(config)
+        super().__init__(build_app(config), host, port, backlog=1024)
         self.gateway = self.app[GATEWAY_KEY]
-        self.host = host
-        self.port = port
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-
-    async def start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
-        await site.start()
-        if self.port == 0:
-            self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
-
-    @property
-    def url(self) -> str:
-        host = "127.0.0.1" if self.host in {"0.0.0.0", ""} else self.host  # noqa: S104
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
