@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tgipool.api import rules
 from tgipool.api.models import Condition, Metadata, Spec, Status, check_child_name
 
 GATEWAY_KIND = "ModelGateway"
@@ -22,10 +23,6 @@ GATEWAY_NAME_CEL: dict[str, Any] = {
         f"metadata.name must be a DNS-1035 label of at most {MAX_GATEWAY_NAME} characters, so that "
         "NAME-gateway stays within 63"
     ),
-}
-GATEWAY_REPLICAS_CEL: dict[str, Any] = {
-    "rule": "!has(self.max) || self.min <= self.max",
-    "message": "spec.replicas.min must be at most spec.replicas.max",
 }
 
 
@@ -46,14 +43,13 @@ class TenantsSecretRef(Spec):
 
 
 class GatewayReplicas(Spec):
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [GATEWAY_REPLICAS_CEL]})
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [rules.REPLICAS_CEL]})
     min: int = Field(default=1, ge=1, le=100)
     max: int | None = Field(default=None, ge=1, le=100, description="Defaults to min.")
 
     @model_validator(mode="after")
     def _check(self) -> GatewayReplicas:
-        if self.max is not None and self.min > self.max:
-            raise ValueError(f"{GATEWAY_REPLICAS_CEL['message']} (min {self.min} > max {self.max})")
+        rules.check_min_max(self.min, self.max)
         return self
 
 

@@ -181,8 +181,7 @@ class Replicas(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> Replicas:
-        if self.max is not None and self.min > self.max:
-            raise ValueError(f"{rules.REPLICAS_CEL['message']} (min {self.min} > max {self.max})")
+        rules.check_min_max(self.min, self.max)
         return self
 
     @property

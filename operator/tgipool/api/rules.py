@@ -126,3 +126,9 @@ NAME_CEL: Rule = {
         "names (longest: NAME-fetch-<8 hex>) stay within 63"
     ),
 }
+
+
+def check_min_max(low: int, high: int | None) -> None:
+    """`replicas.min <= replicas.max`, for pools and gateways alike."""
+    if high is not None and low > high:
+        raise ValueError(f"{REPLICAS_CEL['message']} (min {low} > max {high})")

@@ -13,7 +13,7 @@ from tgipool.api.gateway_models import GATEWAY_PLURAL, ModelGateway
 from tgipool.api.models import GROUP, VERSION, ModelPool
 from tgipool.desired.gateway import build_gateway_children, child_name, gateway_endpoint
 from tgipool.handlers import indexes
-from tgipool.handlers.reconcile import describe_validation_error, now_rfc3339, status_patch
+from tgipool.handlers.reconcile import describe_validation_error, event_target, now_rfc3339, status_patch
 from tgipool.k8s.client import ApplyError, Kube
 from tgipool.k8s.compare import needs_apply, stamped
 from tgipool.status import Verdict, set_condition
@@ -118,8 +118,7 @@ async def reconcile_gateway(
     if patch:
         await asyncio.to_thread(kube.patch_status, meta["namespace"], meta["name"], patch, "ModelGateway")
     if applied:
-        target = kopf.Body(dict(raw))  # type: ignore[arg-type]
-        kopf.info(target, reason="Reconciled", message=f"server-side applied {', '.join(applied)}")
+        kopf.info(event_target(raw), reason="Reconciled", message=f"server-side applied {', '.join(applied)}")
         logger.info("reconciled gateway=%s/%s %s", meta["namespace"], meta["name"], ", ".join(applied))
 
 

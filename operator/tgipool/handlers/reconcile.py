@@ -81,7 +81,7 @@ def forget_applied(kind: str, namespace: str, name: str) -> None:
     _applied.pop((kind, namespace, name), None)
 
 
-def _event_target(raw: Mapping[str, Any]) -> kopf.Body:
+def event_target(raw: Mapping[str, Any]) -> kopf.Body:
     return kopf.Body(cast("kopf.RawBody", dict(raw)))
 
 
@@ -141,7 +141,7 @@ async def _reconcile(
         new = invalid_status(meta.get("generation"), message, previous, now_rfc3339())
         await _write_status(kube, meta, new, old_status, out)
         if out.status_written:
-            kopf.warn(_event_target(raw), reason="InvalidSpec", message=message)
+            kopf.warn(event_target(raw), reason="InvalidSpec", message=message)
         raise kopf.PermanentError(f"invalid ModelPool: {message}") from err
 
     children = build_children(pool, cfg)
@@ -192,17 +192,17 @@ async def _reconcile(
         new["phase"] = "Degraded"
     await _write_status(kube, meta, new, old_status, out)
     if capacity.refused and out.status_written:
-        kopf.warn(_event_target(raw), reason=capacity.reason, message=capacity.message)
+        kopf.warn(event_target(raw), reason=capacity.reason, message=capacity.message)
 
     if out.applied or out.deleted:
         done = ", ".join(out.applied + [f"deleted {d}" for d in out.deleted])
-        kopf.info(_event_target(raw), reason="Reconciled", message=f"server-side applied {done}")
+        kopf.info(event_target(raw), reason="Reconciled", message=f"server-side applied {done}")
         logger.info("reconciled pool=%s/%s writes=%d %s", pool.namespace, pool.name, out.writes, done)
     else:
         logger.debug("pool=%s/%s unchanged; no writes", pool.namespace, pool.name)
     if out.errors:
         for refused in out.errors:
-            kopf.warn(_event_target(raw), reason="ApplyFailed", message=str(refused))
+            kopf.warn(event_target(raw), reason="ApplyFailed", message=str(refused))
         raise kopf.TemporaryError(f"{len(out.errors)} children refused: {out.errors[0]}", delay=30)
     return out
 
