@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from tgipool.api.crd import all_crds
-from tgipool.api.models import KIND
+from tgipool.api.modelpool import KIND
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import build_children
 

@@ -6,16 +6,14 @@ Kept free of I/O so that every reason an on-call engineer may read is unit-teste
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from tgipool.api.models import ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 from tgipool.desired import names
 from tgipool.desired.cache import needs_fetch
 from tgipool.desired.service import endpoint
+from tgipool.manifest import Manifest
 from tgipool.planner import Assessment
-
-Manifest = dict[str, Any]
 
 
 @dataclass(frozen=True)

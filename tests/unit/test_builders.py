@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tgipool.api.models import ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import build_children
 from tgipool.desired.names import fetch_job_name

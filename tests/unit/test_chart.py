@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tgipool.api.models import ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.status import Observed, compute_status, invalid_status
 

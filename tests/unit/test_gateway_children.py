@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from tgipool.api.gateway_models import ModelGateway
-from tgipool.api.models import ModelPool
+from tgipool.api.modelgateway import ModelGateway
+from tgipool.api.modelpool import ModelPool
 from tgipool.desired.gateway import build_gateway_children
 from tgipool.gateway.cluster_source import build_config, ready_endpoints
 from tgipool.handlers.gateway import routing_table

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from tgipool.api import rules
 from tgipool.api.crd import modelpool_crd
-from tgipool.api.models import ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.api.profiles import PRESETS
 from tgipool.handlers.reconcile import describe_validation_error
 

@@ -12,14 +12,14 @@ import copy
 from typing import Any
 
 from tgipool.api import rules
-from tgipool.api.gateway_models import (
+from tgipool.api.modelgateway import (
     GATEWAY_KIND,
     GATEWAY_NAME_CEL,
     GATEWAY_PLURAL,
     ModelGatewaySpec,
     ModelGatewayStatus,
 )
-from tgipool.api.models import GROUP, KIND, PLURAL, VERSION, ModelPoolSpec, ModelPoolStatus
+from tgipool.api.modelpool import GROUP, KIND, PLURAL, VERSION, ModelPoolSpec, ModelPoolStatus
 
 Schema = dict[str, Any]
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from tgipool.api.models import ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 from tgipool.desired.autoscaling import build_hpa, build_pdb
 from tgipool.desired.cache import build_cache_pvc, build_fetch_job, needs_fetch
 from tgipool.desired.deployment import build_deployment
 from tgipool.desired.service import build_service
-
-Manifest = dict[str, Any]
+from tgipool.manifest import Manifest
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,10 @@ HPA metric names are a contract with the Prometheus adapter rules (README, "Auto
 
 from __future__ import annotations
 
-from typing import Any
-
-from tgipool.api.models import ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 from tgipool.desired import names
-
-Manifest = dict[str, Any]
+from tgipool.manifest import Manifest
 
 QUEUE_METRIC = "tgi_queue_size"
 P95_METRIC = "tgipool_request_latency_p95_ms"

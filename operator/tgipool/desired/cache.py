@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from tgipool.api.models import ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 from tgipool.desired import names
 from tgipool.desired.deployment import token_env
-
-Manifest = dict[str, Any]
+from tgipool.manifest import Manifest
 
 
 def needs_fetch(pool: ModelPool) -> bool:

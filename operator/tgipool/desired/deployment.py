@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from tgipool.api.models import ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 from tgipool.desired import names
 from tgipool.desired.tgi_args import tgi_args
-
-Manifest = dict[str, Any]
+from tgipool.manifest import Manifest
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 

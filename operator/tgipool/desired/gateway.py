@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from tgipool.api.gateway_models import GATEWAY_KIND, ModelGateway
-from tgipool.api.models import GROUP, VERSION
+from tgipool.api.modelgateway import GATEWAY_KIND, ModelGateway
+from tgipool.api.modelpool import GROUP, VERSION
 from tgipool.desired import names
+from tgipool.manifest import Manifest
 
-Manifest = dict[str, Any]
 GATEWAY_LABEL = f"{GROUP}/modelgateway"
 GATEWAY = "gateway"
 

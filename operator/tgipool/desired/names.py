@@ -6,9 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-from tgipool.api.models import GROUP, KIND, VERSION, ModelPool
-
-Manifest = dict[str, Any]
+from tgipool.api.modelpool import GROUP, KIND, VERSION, ModelPool
+from tgipool.manifest import Manifest
 
 POOL_LABEL = f"{GROUP}/pool"
 COMPONENT_LABEL = "app.kubernetes.io/component"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tgipool.api.models import ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 from tgipool.desired import names
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tgipool.api.models import ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 
 

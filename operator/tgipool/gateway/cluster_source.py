@@ -16,14 +16,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tgipool.api.gateway_models import ModelGateway
-from tgipool.api.models import ModelPool
+from tgipool.api.modelgateway import ModelGateway
+from tgipool.api.modelpool import ModelPool
 from tgipool.desired import names
 from tgipool.gateway.config import ConfigError, GatewayConfig, parse_config
 from tgipool.k8s.client import Kube
+from tgipool.manifest import Manifest
 
 log = logging.getLogger("tgipool.gateway")
-Manifest = dict[str, Any]
 
 
 def selects(gw: ModelGateway, pool: Manifest) -> bool:

@@ -9,16 +9,16 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from tgipool.api.gateway_models import GATEWAY_PLURAL, ModelGateway
-from tgipool.api.models import GROUP, VERSION, ModelPool
+from tgipool.api.modelgateway import GATEWAY_PLURAL, ModelGateway
+from tgipool.api.modelpool import GROUP, VERSION, ModelPool
 from tgipool.desired.gateway import build_gateway_children, child_name, gateway_endpoint
 from tgipool.handlers import indexes
 from tgipool.handlers.reconcile import describe_validation_error, event_target, now_rfc3339, status_patch
 from tgipool.k8s.client import ApplyError, Kube
 from tgipool.k8s.compare import needs_apply, stamped
+from tgipool.manifest import Manifest
 from tgipool.status import Verdict, set_condition
 
-Manifest = dict[str, Any]
 GATEWAY_STATUS_KEYS = (
     "observedGeneration",
     "phase",

@@ -12,11 +12,11 @@ from typing import Any
 
 import kopf
 
-from tgipool.api.models import GROUP, PLURAL, VERSION
+from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.desired import names
+from tgipool.manifest import Manifest
 from tgipool.status import Observed
 
-Manifest = dict[str, Any]
 Key = tuple[str, str]
 
 MANAGED: dict[str, Any] = {

@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from tgipool.api.models import GROUP, PLURAL, VERSION
+from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import names
 from tgipool.handlers import indexes

@@ -12,16 +12,16 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from tgipool.api.models import ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 from tgipool.desired import build_children, names
 from tgipool.handlers.indexes import Snapshot
 from tgipool.k8s.client import ApplyError, Kube
 from tgipool.k8s.compare import needs_apply, stamped
+from tgipool.manifest import Manifest
 from tgipool.planner import assess
 from tgipool.status import compute_status, invalid_status, weights_verdict
 
-Manifest = dict[str, Any]
 STATUS_KEYS = (
     "observedGeneration",
     "phase",

@@ -14,7 +14,7 @@ from typing import Any
 
 import kubernetes
 
-from tgipool.api.models import GROUP, PLURAL, VERSION
+from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 

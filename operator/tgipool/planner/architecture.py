@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tgipool.api.models import Architecture
+from tgipool.api.modelpool import Architecture
 
 
 @dataclass(frozen=True)

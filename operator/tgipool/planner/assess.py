@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from tgipool.api.models import CapacityStatus, Condition, ModelPool
+from tgipool.api.modelpool import CapacityStatus, Condition, ModelPool
 from tgipool.planner import memory
 from tgipool.planner.architecture import (
     ModelArchitecture,

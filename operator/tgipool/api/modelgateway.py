@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tgipool.api import rules
-from tgipool.api.models import Condition, Metadata, Spec, Status, check_child_name
+from tgipool.api.modelpool import Condition, Metadata, Spec, Status, check_child_name
 
 GATEWAY_KIND = "ModelGateway"
 GATEWAY_PLURAL = "modelgateways"
