@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    import tgipool.handlers.gateway
+    import tgipool.handlers.modelgateway
     import tgipool.handlers.pool  # noqa: F401  registers the handlers
 
     kopf.configure(

@@ -10,9 +10,9 @@ import yaml
 
 from tgipool.api.modelgateway import ModelGateway
 from tgipool.api.modelpool import ModelPool
-from tgipool.desired.gateway import build_gateway_children
+from tgipool.desired.gateway_children import build_gateway_children
 from tgipool.gateway.cluster_source import build_config, ready_endpoints
-from tgipool.handlers.gateway import routing_table
+from tgipool.handlers.modelgateway import routing_table
 
 from .conftest import EXAMPLES, load_example
 
