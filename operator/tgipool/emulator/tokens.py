@@ -4,12 +4,9 @@ Two tokenizers count prompt tokens (which drive validation limits, prefill time 
 
 * `HfTokenizer` loads a `tokenizer.json` with HuggingFace `tokenizers` (`--tokenizer PATH`), so counts match
   the real model exactly.
-* `ApproxTokenizer` (the default) needs no files. It splits text into word pieces, left to right:
-  a piece is optional leading whitespace followed by either up to 4 letters, one digit, or one other
-  non-space character; trailing whitespace is a piece of its own. So "Hello, tokenization!" is
-  `Hell` `o` `,` ` toke` `niza` `tion` `!` (7 tokens): roughly one token per 3-4 characters of English,
-  close to the usual BPE ratio. Ids are CRC32 of the piece modulo a 32000-entry vocabulary (stable
-  across runs and processes).
+* `ApproxTokenizer` (the default) needs no files: the word pieces of `tgipool.approx_tokens` (about
+  4 characters per token of English), which the gateway counts too. Ids are CRC32 of the piece modulo a
+  32000-entry vocabulary (stable across runs and processes).
 
 Generated text is made of short English words (" the", " of", ...), one token each in both tokenizers
 (with a real tokenizer only words that encode to a single id are used), chosen by a small PRNG seeded from
@@ -19,14 +16,14 @@ the number of generated tokens is exact, and re-tokenizing the output gives the 
 
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from tgipool.approx_tokens import PIECE
+
 VOCAB_SIZE = 32000
-_PIECE = re.compile(r"\s*(?:[^\W\d_]{1,4}|\d|[^\w\s]|_)|\s+")
 WORDS: tuple[str, ...] = (
     "the", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "are", "with", "as", "be",
     "at", "one", "have", "this", "from", "by", "hot", "word", "but", "what", "some", "we", "can", "out",
@@ -69,7 +66,7 @@ class ApproxTokenizer:
     """File-free approximation: ~4 characters per token (see the module docstring)."""
 
     def encode(self, text: str) -> list[TokenSpan]:
-        return [TokenSpan(_piece_id(m.group()), m.group(), m.start(), m.end()) for m in _PIECE.finditer(text)]
+        return [TokenSpan(_piece_id(m.group()), m.group(), m.start(), m.end()) for m in PIECE.finditer(text)]
 
     def output_vocabulary(self) -> list[tuple[int, str]]:
         words = [" " + w for w in WORDS if len(w) <= 4]

@@ -3,9 +3,9 @@
 A pool with `tokenizer: path/to/tokenizer.json` counts with HuggingFace `tokenizers`, exactly as the
 emulator's `HfTokenizer` (and TGI) does: `encode(text, add_special_tokens=True)`. Tokenizers are cached by
 path.
-A pool without one uses the emulator's documented approximation (`tgipool.emulator.tokens`: word pieces of
-up to 4 letters, one digit or one symbol, about 4 characters per token of English), which is also exactly
-what an emulator without `--tokenizer` counts, so routing and the emulator's own validation agree.
+A pool without one uses the shared approximation (`tgipool.approx_tokens`: word pieces of up to 4 letters,
+one digit or one symbol, about 4 characters per token of English), which is also exactly what an emulator
+without `--tokenizer` counts, so routing and the emulator's own validation agree.
 
 Prompts longer than `OFFLOAD_CHARS` are tokenized in the default thread pool (`run_in_executor`):
 `tokenizers` releases the GIL, and a 100 KB prompt must not stall every other request on the event loop.
@@ -27,7 +27,7 @@ import asyncio
 import functools
 from typing import Any, Protocol
 
-from tgipool.emulator.tokens import _PIECE  # the emulator's approximation, reused (see its docstring)
+from tgipool import approx_tokens
 
 OFFLOAD_CHARS = 8192
 
@@ -39,12 +39,12 @@ class TokenCounter(Protocol):
 
 
 class ApproxCounter:
-    """Counts the emulator's `ApproxTokenizer` pieces without materialising spans."""
+    """The shared approximation (`tgipool.approx_tokens`)."""
 
     key = "approx"
 
     def count(self, text: str) -> int:
-        return len(_PIECE.findall(text))
+        return approx_tokens.count(text)
 
 
 class HfCounter:
