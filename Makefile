@@ -29,9 +29,10 @@ tools: ## build the control-plane binaries into a cache outside the repo (first 
 print-bin: ## print the directory holding the built binaries
 	@tools/build.sh --print-bin
 
-manifests: install ## regenerate crds/ from the pydantic models, and the chart's copy
+manifests: install ## regenerate crds/ from the pydantic models, the chart's copy, and the chart's monitoring files
 	$(PY) -m tgipool.cli crds --dir crds
 	$(PY) tools/chart_crds.py
+	$(PY) -m tgipool.cli monitoring render --dir charts/tgi-pool/files
 
 check-manifests: install ## fail when crds/ differs from the models
 	@rm -rf .manifests-check
@@ -39,6 +40,10 @@ check-manifests: install ## fail when crds/ differs from the models
 	@diff -ru crds .manifests-check || { echo "crds/ is stale: run 'make manifests' and commit"; exit 1; }
 	@rm -rf .manifests-check
 	@$(PY) tools/chart_crds.py --check
+	@$(PY) -m tgipool.cli monitoring render --dir .manifests-check >/dev/null
+	@for f in .manifests-check/*; do diff -u charts/tgi-pool/files/$$(basename $$f) $$f \
+	  || { echo "charts/tgi-pool/files/ is stale: run 'make manifests' and commit"; exit 1; }; done
+	@rm -rf .manifests-check
 
 lint: install ## ruff (lint + format check) and mypy strict
 	$(VENV)/bin/ruff check operator tests bench tools

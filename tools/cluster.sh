@@ -13,7 +13,10 @@ Commands:
             (kwokctl --runtime binary, binaries from tools/build.sh). Then creates the fake
             nodes in tools/nodes/*.yaml (4x gpu-h100-N with 8 nvidia.com/gpu, gpu-l4-0 with 2,
             cpu-0), the default StorageClass tgipool-sim, and starts tools/sim_provisioner.py
-            in the background. A no-op if the cluster already answers.
+            in the background. Then the metrics stack: a real Prometheus (built from Go modules,
+            Kubernetes pod discovery) scraping every pool and gateway pod, and prometheus-adapter
+            serving custom.metrics.k8s.io (APIService through an ExternalName Service), so the
+            pools' HPAs read real values. A no-op if the cluster already answers.
   down      Delete the cluster, stop the provisioner, remove .cluster/. Leaves no process
             behind. A no-op if nothing is running.
   status    Exit 0 if the cluster answers /readyz, non-zero otherwise.
@@ -27,6 +30,10 @@ Everything lives in <repo>/.cluster/ (git-ignored):
   .cluster/logs/audit.log           kube-apiserver audit log (Metadata level, write verbs)
   .cluster/sim-provisioner.log|pid  volume provisioner log and pid
   .cluster/volumes/<ns>-<pvc>/      hostPath directories of provisioned volumes
+  .cluster/prometheus-url           the local Prometheus' URL (also printed)
+  .cluster/prometheus/              its config, rules, adapter rules, data; targets/*.json adds
+                                    processes that run outside pods (the operator, a gateway)
+  .cluster/logs/prometheus.log, prometheus-adapter.log
 
 Environment:
   TGIPOOL_BIN     directory with the binaries (default: `tools/build.sh --print-bin`;
@@ -61,7 +68,7 @@ lock() {
   fi
 }
 
-components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kwokctl kubectl)
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kwokctl kubectl prometheus prometheus-adapter)
 
 # Locate (and if needed build) the binaries; put them first on PATH (the machine has an
 # older /usr/bin/kubectl, and kwokctl calls `kubectl`).
@@ -154,8 +161,98 @@ our_pids() {
   for p in /proc/[0-9]*; do
     argv=$(tr '\0' '\n' 2>/dev/null <"$p/cmdline" | head -n 2 | tr '\n' ' ') || continue
     case "$argv" in
-      "$state/"*|*" $here/sim_provisioner.py "*) echo "${p#/proc/}" ;;
+      "$state/"*|*" $here/sim_provisioner.py "*|*" --"*"=$state/"*) echo "${p#/proc/}" ;;
     esac
+  done
+}
+
+# ---------------------------------------------------------------- metrics stack
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+pid_alive() { [[ -f "$1" ]] && running "$(<"$1")"; }
+
+# Prometheus (pods by Kubernetes discovery) and prometheus-adapter, registered as the
+# custom.metrics.k8s.io APIService. Config and rules come from `tgipool monitoring local`, the same
+# builders that write the chart's rule and adapter files.
+start_metrics() {
+  local prom="$state/prometheus" pport aport py="$root/.venv/bin/python" i
+  [[ -x "$py" ]] || die "no .venv: run 'make install' (the monitoring config comes from the tgipool package)"
+  mkdir -p "$prom" "$state/adapter-certs"
+  "$py" -m tgipool.cli monitoring local --dir "$prom" --kubeconfig "$kubeconfig" >/dev/null
+  if ! pid_alive "$prom/prometheus.pid"; then
+    pport=$(free_port)
+    # setsid: own session, so a Ctrl-C in the caller's terminal does not stop it.
+    setsid "$BIN/prometheus" --config.file="$prom/prometheus.yml" --storage.tsdb.path="$prom/data" \
+      --web.listen-address="127.0.0.1:$pport" --web.enable-lifecycle --storage.tsdb.retention.time=1d \
+      </dev/null >>"$state/logs/prometheus.log" 2>&1 9<&- &
+    echo $! >"$prom/prometheus.pid"
+    echo "http://127.0.0.1:$pport" >"$state/prometheus-url"
+  fi
+  local url; url=$(<"$state/prometheus-url")
+  curl -sf -X POST "$url/-/reload" >/dev/null 2>&1 || true  # a running one re-reads the config
+  for i in $(seq 1 100); do curl -sf "$url/-/ready" >/dev/null 2>&1 && break; sleep 0.2; done
+  curl -sf "$url/-/ready" >/dev/null || { tail -n 20 "$state/logs/prometheus.log" >&2; die "Prometheus did not start"; }
+  log "Prometheus ready at $url (log .cluster/logs/prometheus.log)"
+
+  if ! pid_alive "$prom/adapter.pid"; then
+    aport=$(free_port)
+    setsid "$BIN/prometheus-adapter" --config="$prom/adapter.yaml" --prometheus-url="$url/" \
+      --metrics-relist-interval=5s --secure-port="$aport" --bind-address=127.0.0.1 \
+      --cert-dir="$state/adapter-certs" --lister-kubeconfig="$kubeconfig" \
+      --authentication-kubeconfig="$kubeconfig" --authorization-kubeconfig="$kubeconfig" \
+      --client-ca-file="$cluster_dir/pki/ca.crt" --v=1 \
+      </dev/null >>"$state/logs/prometheus-adapter.log" 2>&1 9<&- &
+    echo $! >"$prom/adapter.pid"
+    echo "$aport" >"$prom/adapter.port"
+  fi
+  aport=$(<"$prom/adapter.port")
+  # kwokctl's API server has no aggregator routing: an ExternalName Service to loopback works.
+  kc apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Namespace
+metadata: {name: tgipool-metrics}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: prometheus-adapter, namespace: tgipool-metrics}
+spec: {type: ExternalName, externalName: 127.0.0.1, ports: [{port: $aport, targetPort: $aport}]}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.custom.metrics.k8s.io}
+spec:
+  group: custom.metrics.k8s.io
+  version: v1beta1
+  service: {name: prometheus-adapter, namespace: tgipool-metrics, port: $aport}
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta2.custom.metrics.k8s.io}
+spec:
+  group: custom.metrics.k8s.io
+  version: v1beta2
+  service: {name: prometheus-adapter, namespace: tgipool-metrics, port: $aport}
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 200
+YAML
+  if ! kc wait --for=condition=Available apiservice/v1beta2.custom.metrics.k8s.io --timeout=60s >/dev/null; then
+    tail -n 20 "$state/logs/prometheus-adapter.log" >&2 || true
+    die "custom.metrics.k8s.io did not become Available (see .cluster/logs/prometheus-adapter.log)"
+  fi
+  log "prometheus-adapter serves custom.metrics.k8s.io (port $aport, log .cluster/logs/prometheus-adapter.log)"
+}
+
+stop_metrics() {
+  local f pid i
+  for f in "$state/prometheus/prometheus.pid" "$state/prometheus/adapter.pid"; do
+    pid_alive "$f" || continue
+    pid=$(<"$f"); kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do running "$pid" || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
   done
 }
 
@@ -183,6 +280,9 @@ print_info() {
   [[ -z "${BIN:-}" ]] || echo "  export PATH=$BIN:\$PATH    # kubectl v1.36.3"
   if [[ "$(cat "$state/mode" 2>/dev/null)" == kwok ]]; then
     echo "  component logs: .cluster/logs/   provisioner log: .cluster/sim-provisioner.log"
+    if [[ -f "$state/prometheus-url" ]]; then
+      echo "  Prometheus:     $(<"$state/prometheus-url")   (custom metrics: kubectl get --raw /apis/custom.metrics.k8s.io/v1beta2)"
+    fi
     if [[ -f "$state/logs/audit.log" ]]; then
       echo "  audit log:      .cluster/logs/audit.log  (= $cluster_dir/logs/audit.log)"
     fi
@@ -198,7 +298,7 @@ cmd_up() {
     log "components not running: $(echo $dead) (see .cluster/logs/); recreating the cluster"
   elif answers; then
     log "cluster tgipool is already up and answering: nothing to do"
-    if [[ "$(cat "$state/mode" 2>/dev/null)" == kwok ]]; then start_provisioner; fi
+    if [[ "$(cat "$state/mode" 2>/dev/null)" == kwok ]]; then start_provisioner; start_metrics; fi
     print_info
     return 0
   fi
@@ -252,6 +352,7 @@ cmd_up() {
   kc -n default get serviceaccount default >/dev/null 2>&1 || die "default ServiceAccount never appeared"
 
   start_provisioner
+  start_metrics
   log "cluster tgipool is up ($((SECONDS - t_start))s)"
   print_info
 }
@@ -261,6 +362,7 @@ down_locked() {
   local mode pids pid i
   mode=$(cat "$state/mode" 2>/dev/null || echo kwok)
   stop_provisioner
+  stop_metrics
 
   if [[ "$mode" == kind ]]; then
     if command -v kind >/dev/null && docker info >/dev/null 2>&1; then

@@ -143,6 +143,10 @@ def parser() -> argparse.ArgumentParser:
 
     add_plan_parser(sub)
 
+    from tgipool.monitoring import cli as monitoring_cli
+
+    monitoring_cli.add_parser(sub)
+
     crds = sub.add_parser("crds", help="print the CRDs generated from the API models")
     crds.add_argument("--dir", metavar="DIR", help="write one file per CRD into DIR instead of stdout")
     crds.set_defaults(func=cmd_crds)

@@ -216,9 +216,37 @@ def test_gateway_and_monitors() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
-    (pm,) = by_kind(docs, "PodMonitor")
+    pm, operator_pm = by_kind(docs, "PodMonitor")
     assert pm["spec"]["namespaceSelector"] == {"any": True}
+    assert operator_pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     assert len(by_kind(docs, "ServiceMonitor")) == 1
+
+
+@needs_helm
+def test_alerts_dashboard_and_adapter_rules_come_from_the_generated_files() -> None:
+    on = ["metrics.prometheusRule.enabled=true", "metrics.grafanaDashboard.enabled=true"]
+    on += ["metrics.adapterRules.enabled=true", "metrics.prometheusUrl=http://prom:9090"]
+    assert not by_kind(render(*on), "PrometheusRule")  # only where the CRD exists
+    proc = helm_template(
+        *[a for s in on for a in ("--set", s)], "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"
+    )
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    files = CHART / "files"
+    (rule,) = by_kind(docs, "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load((files / "prometheus-rules.yaml").read_text())
+    maps = {m["metadata"]["name"]: m for m in by_kind(docs, "ConfigMap")}
+    dash = next(m for name, m in maps.items() if name.endswith("-dashboard"))
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dash["data"]["tgi-pool.json"]) == json.loads(
+        (files / "grafana-dashboard.json").read_text()
+    )
+    adapter = next(m for name, m in maps.items() if name.endswith("-adapter-rules"))
+    adapter_values = yaml.safe_load((files / "prometheus-adapter-values.yaml").read_text())
+    assert yaml.safe_load(adapter["data"]["config.yaml"]) == {"rules": adapter_values["rules"]["custom"]}
+    (dep,) = by_kind(docs, "Deployment")
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--prometheus-url=http://prom:9090" in args and "--metrics-window=2m" in args
 
 
 BAD_VALUES = [

@@ -1,0 +1,81 @@
+"""PURE: the metrics loop's answers from Prometheus -> each pool's `status.metrics` and `SLOMet`.
+
+Prometheus answers one vector per query (every pool at once); `by_pool` regroups them. A value that
+is not finite (a quantile of no traffic is NaN) is left out: the status says nothing rather than 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PoolKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One round of the metrics loop: per-pool values, or why there are none."""
+
+    values: Mapping[PoolKey, Mapping[str, float]]
+    observed_at: str
+    error: str | None = None  # Prometheus unreachable or refusing: every SLOMet is Unknown
+
+    def of(self, namespace: str, name: str) -> Mapping[str, float]:
+        return self.values.get((namespace, name), {})
+
+
+def by_pool(answers: Mapping[str, list[dict[str, Any]]]) -> dict[PoolKey, dict[str, float]]:
+    """{status field: Prometheus vector} -> {(namespace, pool): {status field: value}}."""
+    out: dict[PoolKey, dict[str, float]] = {}
+    for field, vector in answers.items():
+        for sample in vector:
+            labels = sample.get("metric") or {}
+            try:
+                value = float(sample["value"][1])
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue
+            if not math.isfinite(value) or "namespace" not in labels or "pool" not in labels:
+                continue
+            out.setdefault((labels["namespace"], labels["pool"]), {})[field] = value
+    return out
+
+
+def _round(field: str, value: float) -> float:
+    # Enough precision to read, not so much that every scrape rewrites the status.
+    if field == "errorRate":
+        return round(value, 4)
+    return round(value, 1) if value >= 10 else round(value, 2)
+
+
+def metrics_status(
+    values: Mapping[str, float], gpus: int, hourly_price: float | None, at: str
+) -> dict[str, Any]:
+    """`status.metrics` (camelCase keys) for one pool; cost from live generated tokens/s and GPU-hours."""
+    out: dict[str, Any] = {k: _round(k, v) for k, v in sorted(values.items())}
+    tps = values.get("tokensPerSecond") or 0.0
+    if hourly_price is not None and gpus > 0 and tps > 0:
+        out["costPerMillionTokens"] = round(hourly_price * gpus / 3600 / tps * 1e6, 4)
+    out["observedAt"] = at
+    return out
+
+
+@dataclass(frozen=True)
+class SloVerdict:
+    status: str
+    reason: str
+    message: str
+
+
+def slo_verdict(values: Mapping[str, float], target_ms: int | None, error: str | None) -> SloVerdict:
+    if target_ms is None:
+        return SloVerdict("Unknown", "NoObjective", "no p95 objective (spec.slo.p95LatencyMs)")
+    if error is not None:
+        return SloVerdict("Unknown", "MetricsUnavailable", f"cannot read Prometheus: {error}")
+    p95 = values.get("p95LatencyMs")
+    if p95 is None:
+        return SloVerdict("Unknown", "NoTraffic", "no requests in the metrics window, so no p95 to judge")
+    if p95 <= target_ms:
+        return SloVerdict("True", "WithinObjective", f"p95 {p95:.0f} ms <= objective {target_ms} ms")
+    return SloVerdict("False", "AboveObjective", f"p95 {p95:.0f} ms > objective {target_ms} ms")
