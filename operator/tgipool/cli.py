@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from tgipool.api.crd import all_crds
 from tgipool.api.modelpool import KIND
+from tgipool.api.parse import describe_validation_error, parse_pool
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import build_children
 
@@ -32,8 +33,6 @@ def _pools_in(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from tgipool.handlers.reconcile import describe_validation_error, parse_pool
-
     out: list[dict[str, Any]] = []
     for source, doc in _pools_in(args.filename):
         doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)

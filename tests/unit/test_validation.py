@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from tgipool.api import rules
 from tgipool.api.crd import modelpool_crd
 from tgipool.api.modelpool import ModelPool
+from tgipool.api.parse import describe_validation_error
 from tgipool.api.profiles import PRESETS
-from tgipool.handlers.reconcile import describe_validation_error
 
 
 def validate(doc: dict[str, Any]) -> ModelPool:

@@ -11,9 +11,10 @@ from pydantic import ValidationError
 
 from tgipool.api.modelgateway import GATEWAY_PLURAL, ModelGateway
 from tgipool.api.modelpool import GROUP, VERSION, ModelPool
+from tgipool.api.parse import describe_validation_error
 from tgipool.desired.gateway_children import build_gateway_children, child_name, gateway_endpoint
 from tgipool.handlers import indexes
-from tgipool.handlers.reconcile import describe_validation_error, event_target, now_rfc3339, status_patch
+from tgipool.handlers.reconcile import event_target, now_rfc3339, status_patch
 from tgipool.k8s.client import ApplyError, Kube
 from tgipool.k8s.compare import needs_apply, stamped
 from tgipool.manifest import Manifest

@@ -12,7 +12,7 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from tgipool.api.modelpool import ModelPool
+from tgipool.api.parse import describe_validation_error, parse_pool
 from tgipool.config import OperatorConfig
 from tgipool.desired import build_children, names
 from tgipool.handlers.indexes import Snapshot
@@ -87,27 +87,6 @@ def event_target(raw: Mapping[str, Any]) -> kopf.Body:
 
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def describe_validation_error(err: ValidationError) -> str:
-    """One line per problem, each naming the field path the user wrote."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc and not msg.startswith(("spec.", "metadata.")) else msg)
-    return "; ".join(parts)
-
-
-def parse_pool(raw: Mapping[str, Any]) -> ModelPool:
-    return ModelPool.model_validate(
-        {
-            "apiVersion": raw.get("apiVersion"),
-            "kind": raw.get("kind"),
-            "metadata": raw["metadata"],
-            "spec": raw.get("spec") or {},
-        }
-    )
 
 
 def status_patch(new: Manifest, old: Mapping[str, Any]) -> Manifest | None:

@@ -5,7 +5,8 @@
 """
 
 from tgipool.planner.architecture import ModelArchitecture, architecture_from_config, architecture_from_spec
-from tgipool.planner.assess import Assessment, Plan, assess, plan
+from tgipool.planner.plans import Plan, plan
+from tgipool.planner.verdicts import Assessment, assess
 
 __all__ = [
     "Assessment",

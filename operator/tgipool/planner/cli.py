@@ -12,8 +12,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tgipool.api.parse import describe_validation_error, parse_pool
 from tgipool.planner import memory
-from tgipool.planner.assess import Assessment, assess, plan_performance
+from tgipool.planner.performance import plan_performance
+from tgipool.planner.verdicts import Assessment, assess
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -153,8 +155,6 @@ def _table(row: dict[str, Any]) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tgipool.handlers.reconcile import describe_validation_error, parse_pool
-
     config: dict[str, Any] | None = None
     if args.config:
         try:

@@ -5,11 +5,14 @@ D: decode rate, one replica's aggregate decode throughput (tokens/s over its who
    sequence in a batch of B decodes at D / B tokens/s.
 T = L_in / P + L_out / (D / B) + overhead;  QPS = B / T;  tokens per hour = D x 3600;
 cost per 1M tokens = hourly price x GPUs per replica / (tokens per hour / 1e6).
+`plan_performance` applies them to a pool's plan, with defaults taken from its limits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from tgipool.planner.plans import Plan
 
 
 @dataclass(frozen=True)
@@ -58,3 +61,28 @@ def performance(
     t = latency_seconds(input_tokens, output_tokens, prefill_tps, decode_tps, batch, overhead_seconds)
     cost = None if hourly_price is None else cost_per_million_tokens(hourly_price, gpus, decode_tps)
     return Performance(t, qps(batch, t), tokens_per_hour(decode_tps), cost)
+
+
+def batch_for(p: Plan) -> int:
+    """Default batch: the concurrent sequences that fit, capped by maxConcurrentRequests."""
+    if p.fit is None:
+        return p.max_concurrent_requests
+    return max(1, min(p.fit.max_concurrent_sequences, p.max_concurrent_requests))
+
+
+def plan_performance(
+    p: Plan,
+    prefill_tps: float,
+    decode_tps: float,
+    *,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    batch: int | None = None,
+    overhead_seconds: float = 0.0,
+) -> tuple[Performance, int, int, int]:
+    """Performance of one replica; defaults: a full prompt, the rest of maxTotalTokens, batch_for."""
+    l_in = p.max_input_tokens if input_tokens is None else input_tokens
+    l_out = p.max_total_tokens - p.max_input_tokens if output_tokens is None else output_tokens
+    b = batch_for(p) if batch is None else batch
+    perf = performance(l_in, l_out, prefill_tps, decode_tps, b, p.gpus, p.hourly_price, overhead_seconds)
+    return perf, l_in, l_out, b

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tgipool.handlers.reconcile import parse_pool
+from tgipool.api.parse import parse_pool
 from tgipool.planner import assess
 
 from ..conftest import load_example
