@@ -1,5 +1,6 @@
 """The model gateway: routes TGI / OpenAI requests to the right pool and endpoint (DESIGN.md section 2)."""
 
+from tgipool.gateway.app import GATEWAY_KEY, GatewayServer, build_app
 from tgipool.gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -9,7 +10,7 @@ from tgipool.gateway.config import (
     parse_config,
 )
 from tgipool.gateway.routing import Endpoint, Pool, RoutingTable
-from tgipool.gateway.server import GATEWAY_KEY, Gateway, GatewayServer, build_app
+from tgipool.gateway.state import Gateway
 
 __all__ = [
     "GATEWAY_KEY",

@@ -16,8 +16,8 @@ import signal
 import sys
 from typing import Any
 
+from tgipool.gateway.app import GatewayServer
 from tgipool.gateway.config import ConfigError, GatewayConfig, load_config
-from tgipool.gateway.server import GatewayServer
 
 log = logging.getLogger("tgipool.gateway")
 

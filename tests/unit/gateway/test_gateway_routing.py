@@ -169,8 +169,8 @@ def test_served_name_becomes_tgi_upstream() -> None:
 
     from aiohttp import web
 
+    from tgipool.gateway.app import GatewayServer
     from tgipool.gateway.config import parse_config
-    from tgipool.gateway.server import GatewayServer
 
     seen: list[str] = []
 

@@ -68,16 +68,15 @@ def test_tenant_auth_pools_and_limits() -> None:
 
 
 def test_tenant_priority_caps_the_priority_header() -> None:
-    from tgipool.gateway.server import Handlers
+    from tgipool.gateway.parsing import priority
     from tgipool.gateway.tenants import Tenant
 
-    class _Req:
-        def __init__(self, value: str | None) -> None:
-            self.headers = {} if value is None else {"X-Priority": value}
+    def header(value: str | None) -> dict[str, str]:
+        return {} if value is None else {"X-Priority": value}
 
     tenant = Tenant(name="t", pools=None, priority=5)
-    assert Handlers._priority(_Req(None), tenant) == 5  # type: ignore[arg-type]
-    assert Handlers._priority(_Req("9"), tenant) == 5  # type: ignore[arg-type]
-    assert Handlers._priority(_Req("1"), tenant) == 1  # type: ignore[arg-type]
-    assert Handlers._priority(_Req("7"), None) == 7  # type: ignore[arg-type]
-    assert Handlers._priority(_Req("x"), None) == 0  # type: ignore[arg-type]
+    assert priority(header(None), tenant) == 5
+    assert priority(header("9"), tenant) == 5
+    assert priority(header("1"), tenant) == 1
+    assert priority(header("7"), None) == 7
+    assert priority(header("x"), None) == 0
