@@ -168,3 +168,20 @@ def test_owner_reference_is_controller(short_pool: dict[str, Any]) -> None:
         (ref,) = m["metadata"]["ownerReferences"]
         assert ref["uid"] == "0000-1111" and ref["controller"] is True and ref["kind"] == "ModelPool"
         assert m["metadata"]["labels"]["tgipool.io/pool"] == "llama3-8b-ru-short"
+
+
+def _hpa_metrics(doc: dict[str, Any]) -> list[str]:
+    hpa = build_children(pool_of(doc), DEFAULT_CONFIG).hpa
+    assert hpa is not None
+    return [m[m["type"].lower()]["metric"]["name"] for m in hpa["spec"]["metrics"]]
+
+
+def test_every_hpa_scales_on_queue_and_p95_unless_latency_is_off(short_pool: dict[str, Any]) -> None:
+    assert _hpa_metrics(short_pool) == ["tgi_queue_size", "tgipool_request_latency_p95_ms"]
+    doc = {**short_pool, "spec": {**short_pool["spec"], "autoscaling": {"scaleOnLatency": False}}}
+    assert _hpa_metrics(doc) == ["tgi_queue_size"]
+    # No explicit target: the profile's objective (short: strict, long: soft).
+    for profile, target in (("short", "3000"), ("long", "30000")):
+        doc = {**short_pool, "spec": {**short_pool["spec"], "profile": profile, "slo": {}, "autoscaling": {}}}
+        hpa = build_children(pool_of(doc), DEFAULT_CONFIG).hpa
+        assert hpa is not None and hpa["spec"]["metrics"][1]["object"]["target"]["value"] == target

@@ -95,6 +95,24 @@ CASES = [
         ["spec.profile custom", "maxInputTokens", "maxTotalTokens"],
     ),
     (
+        "p95 objective above 0",
+        {"slo": {"p95LatencyMs": 1}},
+        {"slo": {"p95LatencyMs": 0}},
+        ["p95LatencyMs", "1"],
+    ),
+    (
+        "p95 scaling target above 0",
+        {"autoscaling": {"p95LatencyMs": 500}},
+        {"autoscaling": {"p95LatencyMs": 0}},
+        ["autoscaling", "p95LatencyMs"],
+    ),
+    (
+        "queue target above 0",
+        {"autoscaling": {"queuePerReplica": 1}},
+        {"autoscaling": {"queuePerReplica": 0}},
+        ["autoscaling", "queuePerReplica"],
+    ),
+    (
         "unknown field",
         {"gpu": {"product": "NVIDIA-L4"}},
         {"gpu": {"prodcut": "NVIDIA-L4"}},

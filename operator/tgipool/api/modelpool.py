@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from tgipool.api import rules
-from tgipool.api.profiles import EffectiveLimits, effective_limits
+from tgipool.api.profiles import EffectiveLimits, default_slo_p95_ms, effective_limits
 
 GROUP = "tgipool.io"
 VERSION = "v1alpha1"
@@ -191,8 +191,18 @@ class Replicas(Spec):
 
 class Autoscaling(Spec):
     queue_per_replica: int = Field(default=8, ge=1, le=100_000, description="Target TGI queue per replica.")
-    p95_latency_ms: int | None = Field(default=None, ge=1, description="Target p95 request latency.")
-    scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+    p95_latency_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=3_600_000,
+        description="HPA target for the pool's p95 latency (ms); default: the SLO's (slo.p95LatencyMs or the profile's).",
+    )
+    scale_on_latency: bool = Field(
+        default=True, description="Also scale on p95 latency, not only on TGI's queue per replica."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        default=300, ge=0, le=3600, description="How long load must stay low before the HPA removes replicas."
+    )
 
 
 class Cache(Spec):
@@ -212,7 +222,13 @@ class Routing(Spec):
 
 
 class Slo(Spec):
-    p95_latency_ms: int | None = Field(default=None, ge=1, description="p95 latency objective.")
+    p95_latency_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=3_600_000,
+        description="p95 end-to-end latency objective (ms) for SLOMet; default by profile: short 3000, "
+        "balanced 10000, long 30000.",
+    )
 
 
 class PodTemplate(Spec):
@@ -313,6 +329,11 @@ class ModelPool(BaseModel):
     def limits(self) -> EffectiveLimits:
         return effective_limits(self.spec.profile, self.spec.limits)
 
+    @property
+    def slo_p95_ms(self) -> int:
+        """The p95 objective: the spec's, else the profile's."""
+        return self.spec.slo.p95_latency_ms or default_slo_p95_ms(self.spec.profile)
+
 
 ConditionType = Literal["Ready", "Progressing", "Degraded", "CapacityFeasible", "WeightsCached", "SLOMet"]
 
@@ -339,11 +360,21 @@ class CapacityStatus(Status):
 
 
 class MetricsStatus(Status):
+    """Live numbers from Prometheus over the metrics window (`tgipool run --metrics-window`)."""
+
+    p50_latency_ms: float | None = Field(default=None, description="Median end-to-end request latency.")
     p95_latency_ms: float | None = None
-    queue_depth: float | None = None
-    tokens_per_second: float | None = None
-    cost_per_million_tokens: float | None = None
-    observed_at: str | None = None
+    p99_latency_ms: float | None = None
+    queue_depth: float | None = Field(default=None, description="Requests waiting in TGI's queues, all pods.")
+    tokens_per_second: float | None = Field(
+        default=None, description="Generated tokens per second, all pods."
+    )
+    requests_per_second: float | None = None
+    error_rate: float | None = Field(default=None, description="Failed over all requests (0-1).")
+    cost_per_million_tokens: float | None = Field(
+        default=None, description="gpu.hourlyPrice x GPUs in use over live generated tokens, per 1M tokens."
+    )
+    observed_at: str | None = Field(default=None, description="When these values were read and last changed.")
 
 
 class ModelPoolStatus(Status):

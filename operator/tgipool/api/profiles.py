@@ -35,6 +35,14 @@ PRESETS: dict[str, EffectiveLimits] = {
 # `custom` must give input and total tokens; the rest falls back to balanced.
 CUSTOM_FALLBACK = PRESETS["balanced"]
 
+# Default p95 objectives (end-to-end request latency, ms): short pools serve interactive chat under a
+# strict SLO, long pools take long documents under a soft one. `spec.slo.p95LatencyMs` wins.
+SLO_P95_MS: dict[str, int] = {"short": 3000, "balanced": 10000, "long": 30000}
+
+
+def default_slo_p95_ms(profile: str) -> int:
+    return SLO_P95_MS.get(profile, SLO_P95_MS["balanced"])
+
 
 def effective_limits(profile: str, limits: LimitsLike) -> EffectiveLimits:
     base = PRESETS.get(profile, CUSTOM_FALLBACK)

@@ -17,7 +17,11 @@ P95_METRIC = "tgipool_request_latency_p95_ms"
 
 
 def p95_target_ms(pool: ModelPool) -> int | None:
-    return pool.spec.autoscaling.p95_latency_ms or pool.spec.slo.p95_latency_ms
+    """The HPA's p95 target: explicit, else the pool's objective; None when latency scaling is off."""
+    scaling = pool.spec.autoscaling
+    if not scaling.scale_on_latency:
+        return None
+    return scaling.p95_latency_ms or pool.slo_p95_ms
 
 
 def build_hpa(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
