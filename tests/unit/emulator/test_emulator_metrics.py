@@ -102,3 +102,67 @@ def test_many_emulators_in_one_loop_are_independent() -> None:
     assert "tgi_request_count" not in texts[0]
     for i in range(1, 5):
         assert f"tgi_request_count {i}" in texts[i].splitlines()
+
+
+def _sample(text: str, name: str) -> float:
+    return next(f.samples[0].value for f in text_string_to_metric_families(text) if f.name == name)
+
+
+def _p95_seconds(text: str) -> float:
+    """p95 from the exported histogram, computed the way Prometheus' histogram_quantile does."""
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == "tgi_request_duration"]
+    buckets = [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
+    total = buckets[-1][1]
+    rank, lower, below = 0.95 * total, 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            return lower + (upper - lower) * (rank - below) / (count - below)
+        lower, below = upper, count
+    return lower
+
+
+def test_queue_grows_when_the_batch_is_full_and_p95_follows() -> None:
+    """A full batch (KV budget) leaves requests in tgi_queue_size; their queueing shows in the p95."""
+
+    async def go() -> tuple[list[float], str, str]:
+        # Each request reserves its prompt + 100 new tokens of a 256-token batch budget: two run, the rest wait.
+        settings = EmulatorSettings(
+            **{
+                **FAST,
+                "max_input_tokens": 27,
+                "max_total_tokens": 128,
+                "max_batch_prefill_tokens": 256,
+                "max_batch_total_tokens": 256,
+                "decode_step_ms": 2.0,
+            }
+        )
+        (server,) = await start_emulators([settings])
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def one() -> None:
+                    body = {"inputs": "a b c d", "parameters": {"max_new_tokens": 100}}
+                    async with session.post(server.url + "/generate", json=body) as resp:
+                        assert resp.status == 200
+
+                async def metrics() -> str:
+                    async with session.get(server.url + "/metrics") as resp:
+                        return await resp.text()
+
+                await one()
+                alone = await metrics()
+                burst = [asyncio.create_task(one()) for _ in range(10)]
+                queues = []
+                for _ in range(20):
+                    await asyncio.sleep(0.02)
+                    queues.append(_sample(await metrics(), "tgi_queue_size"))
+                await asyncio.gather(*burst)
+                return queues, alone, await metrics()
+        finally:
+            await stop_emulators([server])
+
+    queues, alone, after = asyncio.run(go())
+    assert max(queues) >= 6, queues  # 10 arrive, at most 2 fit in the batch
+    assert _sample(after, "tgi_queue_size") == 0
+    # One request alone: ~100 decode steps of 2 ms. Ten behind a 2-wide batch: the last ones wait ~4 rounds.
+    assert _p95_seconds(after) > 2.5 * _p95_seconds(alone)
