@@ -180,7 +180,9 @@ start_metrics() {
   mkdir -p "$prom" "$state/adapter-certs"
   "$py" -m tgipool.cli monitoring local --dir "$prom" --kubeconfig "$kubeconfig" >/dev/null
   if ! pid_alive "$prom/prometheus.pid"; then
-    pport=$(free_port)
+    # A restarted Prometheus keeps its address: the operator and the adapter were told it.
+    pport=$(sed -n 's|^http://127.0.0.1:\([0-9]*\)$|\1|p' "$state/prometheus-url" 2>/dev/null || true)
+    [[ -n "$pport" ]] || pport=$(free_port)
     # setsid: own session, so a Ctrl-C in the caller's terminal does not stop it.
     setsid "$BIN/prometheus" --config.file="$prom/prometheus.yml" --storage.tsdb.path="$prom/data" \
       --web.listen-address="127.0.0.1:$pport" --web.enable-lifecycle --storage.tsdb.retention.time=1d \
@@ -195,7 +197,7 @@ start_metrics() {
   log "Prometheus ready at $url (log .cluster/logs/prometheus.log)"
 
   if ! pid_alive "$prom/adapter.pid"; then
-    aport=$(free_port)
+    aport=$(cat "$prom/adapter.port" 2>/dev/null || free_port)
     setsid "$BIN/prometheus-adapter" --config="$prom/adapter.yaml" --prometheus-url="$url/" \
       --metrics-relist-interval=5s --secure-port="$aport" --bind-address=127.0.0.1 \
       --cert-dir="$state/adapter-certs" --lister-kubeconfig="$kubeconfig" \

@@ -29,6 +29,8 @@ _INT_FLAGS = {
     "--max-total-tokens": "max_total_tokens",
     "--max-batch-prefill-tokens": "max_batch_prefill_tokens",
     "--max-concurrent-requests": "max_concurrent_requests",
+    "--max-batch-total-tokens": "max_batch_total_tokens",
+    "--max-batch-size": "max_batch_size",
     "--port": "port",
 }
 
