@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tgipool.monitoring.rules import MAX_REPLICAS_GAUGE, RECORDS, REPLICAS_GAUGE
+from tgipool.monitoring.rules import GPU_COST_GAUGE, MAX_REPLICAS_GAUGE, RECORDS, REPLICAS_GAUGE
 
 POOL_FILTER = 'namespace=~"$namespace", pool=~"$pool"'
 # Cost per 1M generated tokens: GPU-hours per second of the pool over its tokens per second.
 COST_EXPR = (
-    f"sum by (namespace, pool) (tgipool_pool_gpu_hourly_cost{{{POOL_FILTER}}}) / 3600 * 1e6 "
+    f"sum by (namespace, pool) ({GPU_COST_GAUGE}{{{POOL_FILTER}}}) / 3600 * 1e6 "
     f"/ ({RECORDS['tokensPerSecond']}{{{POOL_FILTER}}} > 0)"
 )
 

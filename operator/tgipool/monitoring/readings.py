@@ -50,14 +50,27 @@ def _round(field: str, value: float) -> float:
 
 
 def metrics_status(
-    values: Mapping[str, float], gpus: int, hourly_price: float | None, at: str
-) -> dict[str, Any]:
-    """`status.metrics` (camelCase keys) for one pool; cost from live generated tokens/s and GPU-hours."""
+    values: Mapping[str, float],
+    gpus: int,
+    hourly_price: float | None,
+    at: str,
+    previous: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """`status.metrics` (camelCase keys) for one pool, or None when Prometheus has nothing on it.
+
+    Cost comes from live generated tokens/s and the GPU-hours in use. `observedAt` moves only when a
+    value changed, so an idle pool's status is not rewritten every round.
+    """
+    if not values:
+        return None
     out: dict[str, Any] = {k: _round(k, v) for k, v in sorted(values.items())}
     tps = values.get("tokensPerSecond") or 0.0
     if hourly_price is not None and gpus > 0 and tps > 0:
         out["costPerMillionTokens"] = round(hourly_price * gpus / 3600 / tps * 1e6, 4)
-    out["observedAt"] = at
+    if previous is not None and {k: v for k, v in previous.items() if k != "observedAt"} == out:
+        out["observedAt"] = previous.get("observedAt", at)
+    else:
+        out["observedAt"] = at
     return out
 
 

@@ -25,6 +25,7 @@ RECORDS = {
 SLO_GAUGE = "tgipool_pool_slo_p95_latency_ms"
 REPLICAS_GAUGE = "tgipool_pool_replicas"
 MAX_REPLICAS_GAUGE = "tgipool_pool_replicas_max"
+GPU_COST_GAUGE = "tgipool_pool_gpu_hourly_cost"
 COLD_START = "tgipool_gateway_cold_start_wait_seconds"
 COLD_START_LIMIT_SECONDS = 600
 ON_POOL = "on (namespace, pool)"
