@@ -1,13 +1,21 @@
-"""PURE: observed children of a pool -> its status (phase, replicas, conditions).
+"""PURE: what the operator observed and decided -> the status of a ModelPool or a ModelGateway.
 
-Kept free of I/O so that every reason an on-call engineer may read is unit-tested.
+Statuses are the pydantic status models of api/, so each kind's status has exactly the keys its
+model declares, and a patch clears the keys a new status leaves out. Kept free of I/O so that every
+reason an on-call engineer may read is unit-tested.
 """
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from tgipool.api.modelpool import ModelPool
+from pydantic import BaseModel
+
+from tgipool.api.modelgateway import ModelGatewayStatus, RoutePool
+from tgipool.api.modelpool import Condition, ModelPool, ModelPoolStatus
 from tgipool.config import OperatorConfig
 from tgipool.desired import names
 from tgipool.desired.cache import needs_fetch
@@ -21,38 +29,80 @@ class Observed:
     """What the cluster holds for one pool (from the operator's watch caches)."""
 
     deployment: Manifest | None = None
-    fetch_job: Manifest | None = None
-    cache: Manifest | None = None
     pods: list[Manifest] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    status: str
+    status: Literal["True", "False", "Unknown"]
     reason: str
     message: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A write the API server refused: pools show it as Degraded, gateways as not Ready."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Gating:
+    """What a pool may have, decided once per reconcile: the handler applies by it, status shows it."""
+
+    weights: Verdict
+    capacity: Assessment
+    # GPUs are asked for only once the weights are cached and the planner does not refuse them.
+    deploy: bool
+
+    @property
+    def refused(self) -> bool:
+        return self.capacity.refused
+
+
+def gate(pool: ModelPool, fetch_job: Manifest | None, capacity: Assessment) -> Gating:
+    weights = weights_verdict(pool, fetch_job)
+    return Gating(weights, capacity, deploy=weights.status == "True" and not capacity.refused)
 
 
 def _cond(status: bool, reason: str, message: str) -> Verdict:
     return Verdict("True" if status else "False", reason, message)
 
 
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def set_condition(
-    previous: list[Manifest], ctype: str, verdict: Verdict, generation: int | None, now: str
-) -> Manifest:
+    previous: Sequence[Mapping[str, Any]], ctype: str, verdict: Verdict, generation: int | None, now: str
+) -> Condition:
     """A condition whose lastTransitionTime moves only when its status flips."""
     old = next((c for c in previous if c.get("type") == ctype), None)
     since = old.get("lastTransitionTime") if old and old.get("status") == verdict.status else None
-    cond: Manifest = {
-        "type": ctype,
-        "status": verdict.status,
-        "reason": verdict.reason,
-        "message": verdict.message,
-        "lastTransitionTime": since or now,
-    }
-    if generation is not None:
-        cond["observedGeneration"] = generation
-    return cond
+    return Condition(
+        type=ctype,
+        status=verdict.status,
+        reason=verdict.reason,
+        message=verdict.message,
+        observed_generation=generation,
+        last_transition_time=since or now,
+    )
+
+
+def status_patch(new: BaseModel, old: Mapping[str, Any]) -> Manifest | None:
+    """The merge patch that turns `old` into `new`, or None when nothing changed.
+
+    Every key of `new`'s model is the operator's: a key `new` leaves unset is cleared. Keys outside
+    the model (another writer's) are left alone.
+    """
+    want = new.model_dump(by_alias=True, exclude_none=True)
+    patch = {k: v for k, v in want.items() if old.get(k) != v}
+    for name, info in type(new).model_fields.items():
+        key = info.alias or name
+        if key not in want and old.get(key) is not None:
+            patch[key] = None
+    return patch or None
 
 
 def _job_condition(job: Manifest, ctype: str) -> Manifest | None:
@@ -110,13 +160,14 @@ def pod_problem(pool: ModelPool, pods: list[Manifest]) -> Verdict | None:
 def compute_status(
     pool: ModelPool,
     observed: Observed,
+    gating: Gating,
     cfg: OperatorConfig,
-    previous: list[Manifest],
+    previous: Sequence[Mapping[str, Any]],
     now: str,
-    capacity: Assessment | None = None,
-) -> Manifest:
+    refused: Refused | None = None,
+) -> ModelPoolStatus:
     gen = pool.metadata.generation
-    refused = capacity is not None and capacity.refused
+    capacity, weights = gating.capacity, gating.weights
     dep = observed.deployment
     dep_status = (dep or {}).get("status", {})
     desired = (dep or {}).get("spec", {}).get("replicas")
@@ -124,9 +175,8 @@ def compute_status(
     ready = int(dep_status.get("readyReplicas") or 0)
     floor = max(1, pool.spec.replicas.min) if pool.spec.tier == "hot" else 0
 
-    weights = weights_verdict(pool, observed.fetch_job)
     problem = pod_problem(pool, observed.pods)
-    if refused and capacity is not None:
+    if gating.refused:
         # The planner's verdict outranks what old pods show: no new Deployment will be made.
         problem = _cond(True, capacity.reason, capacity.message)
     if problem is None and weights.reason == "FetchFailed":
@@ -136,6 +186,9 @@ def compute_status(
             if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
                 problem = _cond(True, "ProgressDeadlineExceeded", c.get("message", ""))
     degraded = problem or _cond(False, "AsExpected", "no problem observed")
+    if refused is not None:
+        # A refused write outranks what the children show: they may not be what the spec asks.
+        degraded = _cond(True, refused.reason, refused.message)
 
     rolled = dep is not None and (
         (dep.get("metadata", {}).get("generation") or 0) <= (dep_status.get("observedGeneration") or 0)
@@ -144,7 +197,7 @@ def compute_status(
     )
     if pool.spec.tier == "cold":
         progressing = _cond(False, "ColdTier", "nothing runs until the first demand")
-    elif refused:
+    elif gating.refused:
         progressing = _cond(False, "CapacityInfeasible", "waiting for a spec that fits the GPUs")
     elif weights.status != "True":
         progressing = _cond(weights.reason != "FetchFailed", "FetchingWeights", weights.message)
@@ -157,7 +210,7 @@ def compute_status(
     else:
         progressing = _cond(False, "Stable", "the Deployment is rolled out")
 
-    if refused and problem:
+    if gating.refused and problem:
         ready_v = _cond(False, problem.reason, problem.message)
     elif floor and ready >= floor:
         ready_v = _cond(True, "ReplicasReady", f"{ready}/{replicas} replicas ready (minimum {floor})")
@@ -170,9 +223,11 @@ def compute_status(
     else:
         ready_v = _cond(False, progressing.reason, progressing.message)
 
-    if pool.spec.tier == "cold":
+    if refused is not None:
+        phase = "Degraded"
+    elif pool.spec.tier == "cold":
         phase = "Cold"
-    elif refused:
+    elif gating.refused:
         phase = "Infeasible"
     elif problem:
         phase = "Degraded"
@@ -185,42 +240,83 @@ def compute_status(
     else:
         phase = "Progressing"
 
-    conditions = [
-        set_condition(previous, ctype, verdict, gen, now)
-        for ctype, verdict in (
-            ("Ready", ready_v),
-            ("Progressing", progressing),
-            ("Degraded", degraded),
-            ("WeightsCached", weights),
-        )
-    ]
-    if capacity is not None:
-        feasible = Verdict(capacity.status, capacity.reason, capacity.message)
-        conditions.append(set_condition(previous, "CapacityFeasible", feasible, gen, now))
-    out: Manifest = {
-        "observedGeneration": gen,
-        "phase": phase,
-        "replicas": replicas,
-        "readyReplicas": ready,
-        "ready": f"{ready}/{replicas}",
-        "selector": names.selector_string(pool),
-        "endpoint": endpoint(pool, cfg),
-        "servedName": pool.served_name,
-        "conditions": conditions,
-    }
-    if capacity is not None:
-        out["capacity"] = capacity.capacity_status().model_dump(by_alias=True, exclude_none=True)
-    return out
+    feasible = Verdict(capacity.status, capacity.reason, capacity.message)
+    return ModelPoolStatus(
+        observed_generation=gen,
+        phase=phase,
+        replicas=replicas,
+        ready_replicas=ready,
+        ready=f"{ready}/{replicas}",
+        selector=names.selector_string(pool),
+        endpoint=endpoint(pool, cfg),
+        served_name=pool.served_name,
+        conditions=[
+            set_condition(previous, ctype, verdict, gen, now)
+            for ctype, verdict in (
+                ("Ready", ready_v),
+                ("Progressing", progressing),
+                ("Degraded", degraded),
+                ("WeightsCached", weights),
+                ("CapacityFeasible", feasible),
+            )
+        ],
+        capacity=capacity.capacity_status(),
+    )
 
 
-def invalid_status(generation: int | None, message: str, previous: list[Manifest], now: str) -> Manifest:
+def invalid_status(
+    generation: int | None, message: str, previous: Sequence[Mapping[str, Any]], now: str
+) -> ModelPoolStatus:
     """A pool the operator refuses: every field it could not accept is named in the message."""
-    bad = _cond(False, "InvalidSpec", message)
-    return {
-        "observedGeneration": generation,
-        "phase": "Invalid",
-        "conditions": [
-            set_condition(previous, "Ready", bad, generation, now),
+    return ModelPoolStatus(
+        observed_generation=generation,
+        phase="Invalid",
+        conditions=[
+            set_condition(previous, "Ready", _cond(False, "InvalidSpec", message), generation, now),
             set_condition(previous, "Degraded", _cond(True, "InvalidSpec", message), generation, now),
         ],
-    }
+    )
+
+
+def invalid_gateway_status(
+    generation: int | None, message: str, previous: Sequence[Mapping[str, Any]], now: str
+) -> ModelGatewayStatus:
+    ready = _cond(False, "InvalidSpec", message)
+    return ModelGatewayStatus(
+        observed_generation=generation,
+        phase="Invalid",
+        conditions=[set_condition(previous, "Ready", ready, generation, now)],
+    )
+
+
+def gateway_status(
+    generation: int | None,
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+    *,
+    deployment: str,
+    ready_replicas: int,
+    endpoint: str,
+    table: Sequence[RoutePool],
+    default_pool: str | None,
+    refused: Refused | None = None,
+) -> ModelGatewayStatus:
+    """A gateway's phase and Ready condition, the routing table it serves, and its default pool
+    while that pool is in the table."""
+    if refused is not None:
+        ready, phase = _cond(False, refused.reason, refused.message), "Degraded"
+    elif ready_replicas:
+        why = f"{ready_replicas} gateway replica(s) ready, routing {len(table)} pool(s)"
+        ready, phase = _cond(True, "GatewayReady", why), "Ready"
+    else:
+        why = f"Deployment {deployment} has no ready replica yet"
+        ready, phase = _cond(False, "WaitingForReplicas", why), "Progressing"
+    return ModelGatewayStatus(
+        observed_generation=generation,
+        phase=phase,
+        endpoint=endpoint,
+        conditions=[set_condition(previous, "Ready", ready, generation, now)],
+        pools=list(table),
+        routed_pools=len(table),
+        default_pool=default_pool if any(r.name == default_pool for r in table) else None,
+    )

@@ -16,7 +16,8 @@ import yaml
 
 from tgipool.api.modelpool import ModelPool
 from tgipool.config import DEFAULT_CONFIG
-from tgipool.status import Observed, compute_status, invalid_status
+from tgipool.planner import assess
+from tgipool.status import Observed, compute_status, gate, invalid_status
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/tgi-pool"
@@ -317,28 +318,33 @@ def deployment(replicas: int, ready: int) -> dict[str, Any]:
 T0 = "2026-01-01T00:00:00Z"
 
 
-def computed(doc: dict[str, Any], observed: Observed) -> dict[str, Any]:
-    return compute_status(ModelPool.model_validate(doc), observed, DEFAULT_CONFIG, [], T0)
+def computed(doc: dict[str, Any], fetch_job: dict[str, Any] | None, observed: Observed) -> dict[str, Any]:
+    pool = ModelPool.model_validate(doc)
+    gating = gate(pool, fetch_job, assess(pool))
+    status = compute_status(pool, observed, gating, DEFAULT_CONFIG, [], T0)
+    return status.model_dump(by_alias=True, exclude_none=True)
 
 
 def test_health_of_statuses_the_operator_computes(short_pool: dict[str, Any]) -> None:
     gen = short_pool["metadata"]["generation"]
     cases = [
         (None, "Progressing", "Waiting for the tgipool operator"),
-        (computed(short_pool, Observed(fetch_job=job(0))), "Progressing", "Fetching"),
-        (computed(short_pool, Observed(deployment=deployment(2, 1), fetch_job=job(1))), "Progressing", ""),
+        (computed(short_pool, job(0), Observed()), "Progressing", "Fetching"),
+        (computed(short_pool, job(1), Observed(deployment=deployment(2, 1))), "Progressing", ""),
         (
-            computed(short_pool, Observed(deployment=deployment(2, 2), fetch_job=job(1))),
+            computed(short_pool, job(1), Observed(deployment=deployment(2, 2))),
             "Healthy",
             "ReplicasReady",
         ),
         (
-            computed(short_pool, Observed(fetch_job=job(0, failed="403 from the hub"))),
+            computed(short_pool, job(0, failed="403 from the hub"), Observed()),
             "Degraded",
             "FetchFailed",
         ),
         (
-            invalid_status(gen, "spec.replicas.min must be at most spec.replicas.max", [], T0),
+            invalid_status(gen, "spec.replicas.min must be at most spec.replicas.max", [], T0).model_dump(
+                by_alias=True, exclude_none=True
+            ),
             "Degraded",
             "InvalidSpec",
         ),
@@ -347,12 +353,12 @@ def test_health_of_statuses_the_operator_computes(short_pool: dict[str, Any]) ->
         got = health(obj_with(short_pool, status, generation=gen))
         assert got["status"] == want, (status, got)
         assert message in got["message"], got
-    ready = computed(short_pool, Observed(deployment=deployment(2, 2), fetch_job=job(1)))
+    ready = computed(short_pool, job(1), Observed(deployment=deployment(2, 2)))
     stale = health(obj_with(short_pool, ready, generation=gen + 1))
     assert stale["status"] == "Progressing" and "observe generation" in stale["message"]
 
 
 def test_health_of_idle_tiers(short_pool: dict[str, Any]) -> None:
     cold = {**short_pool, "spec": {**short_pool["spec"], "tier": "cold", "replicas": {"min": 0, "max": 2}}}
-    status = computed(cold, Observed())
+    status = computed(cold, None, Observed())
     assert health(obj_with(cold, status, generation=cold["metadata"]["generation"]))["status"] == "Healthy"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 
-from tgipool.handlers.reconcile import status_patch
+from tgipool.api.modelgateway import ModelGatewayStatus
+from tgipool.api.modelpool import ModelPoolStatus
+from tgipool.handlers.writer import fresher
 from tgipool.k8s.compare import HASH_ANNOTATION, is_subset, needs_apply, stamped
+from tgipool.status import status_patch
 
 DESIRED = {
     "apiVersion": "apps/v1",
@@ -72,15 +75,26 @@ def test_quantities_compare_by_value() -> None:
 
 
 def test_status_patch_only_when_changed() -> None:
-    old = {"phase": "Ready", "replicas": 2, "kopf": {"x": 1}}
-    assert status_patch({"phase": "Ready", "replicas": 2}, old) is None
-    assert status_patch({"phase": "Degraded", "replicas": 2}, old) == {"phase": "Degraded"}
-    assert status_patch({"phase": "Invalid"}, old) == {"phase": "Invalid", "replicas": None}
+    old = {"phase": "Ready", "replicas": 2, "conditions": [], "kopf": {"x": 1}}
+    assert status_patch(ModelPoolStatus(phase="Ready", replicas=2), old) is None
+    assert status_patch(ModelPoolStatus(phase="Degraded", replicas=2), old) == {"phase": "Degraded"}
+    assert status_patch(ModelPoolStatus(phase="Invalid"), old) == {"phase": "Invalid", "replicas": None}
+
+
+def test_status_patch_clears_the_keys_of_its_own_kind() -> None:
+    old = {
+        "phase": "Ready",
+        "conditions": [],
+        "pools": [],
+        "routedPools": 0,
+        "defaultPool": "gone",
+        "kopf": {},
+    }
+    new = ModelGatewayStatus(phase="Ready", routed_pools=0)
+    assert status_patch(new, old) == {"defaultPool": None}, "a gateway's keys, not a pool's"
 
 
 def test_fresher_prefers_the_newer_copy() -> None:
-    from tgipool.handlers.reconcile import fresher
-
     old = {"metadata": {"resourceVersion": "10"}}
     new = {"metadata": {"resourceVersion": "12"}}
     assert fresher(None, new) is new, "the watch has not delivered our apply yet"

@@ -6,13 +6,28 @@ from typing import Any
 
 from tgipool.api.modelpool import ModelPool
 from tgipool.config import DEFAULT_CONFIG
-from tgipool.status import Observed, compute_status, invalid_status
+from tgipool.planner import assess
+from tgipool.status import Observed, Refused, compute_status, gate, invalid_status
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
 
 def pool(doc: dict[str, Any]) -> ModelPool:
     return ModelPool.model_validate(doc)
+
+
+def status(
+    p: ModelPool,
+    fetch_job: dict[str, Any] | None = None,
+    previous: list[dict[str, Any]] | None = None,
+    now: str = T0,
+    refused: Refused | None = None,
+    **observed: Any,
+) -> dict[str, Any]:
+    """The status the operator writes, decided the way the handler decides it."""
+    gating = gate(p, fetch_job, assess(p))
+    new = compute_status(p, Observed(**observed), gating, DEFAULT_CONFIG, previous or [], now, refused)
+    return new.model_dump(by_alias=True, exclude_none=True)
 
 
 def job(succeeded: int = 0, failed_message: str | None = None) -> dict[str, Any]:
@@ -42,9 +57,7 @@ def conds(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_ready_when_min_replicas_ready(short_pool: dict[str, Any]) -> None:
-    s = compute_status(
-        pool(short_pool), Observed(deployment=deployment(2, 2), fetch_job=job(1)), DEFAULT_CONFIG, [], T0
-    )
+    s = status(pool(short_pool), job(1), deployment=deployment(2, 2))
     c = conds(s)
     assert s["phase"] == "Ready" and s["ready"] == "2/2" and s["observedGeneration"] == 3
     assert c["Ready"]["status"] == "True" and c["Ready"]["reason"] == "ReplicasReady"
@@ -56,14 +69,23 @@ def test_ready_when_min_replicas_ready(short_pool: dict[str, Any]) -> None:
 
 
 def test_fetching_then_failed(short_pool: dict[str, Any]) -> None:
-    s = compute_status(pool(short_pool), Observed(fetch_job=job(0)), DEFAULT_CONFIG, [], T0)
+    s = status(pool(short_pool), job(0))
     assert s["phase"] == "FetchingWeights"
     assert conds(s)["Ready"]["reason"] == "FetchingWeights"
-    s = compute_status(pool(short_pool), Observed(fetch_job=job(0, "401 gated repo")), DEFAULT_CONFIG, [], T0)
+    s = status(pool(short_pool), job(0, "401 gated repo"))
     c = conds(s)
     assert s["phase"] == "Degraded"
     assert c["Degraded"]["reason"] == "FetchFailed" and "401 gated repo" in c["Degraded"]["message"]
     assert c["Progressing"]["status"] == "False"
+
+
+def test_gating_is_decided_once(short_pool: dict[str, Any]) -> None:
+    p = pool(short_pool)
+    assert gate(p, job(1), assess(p)).deploy
+    assert not gate(p, job(0), assess(p)).deploy, "weights still downloading"
+    short_pool["spec"]["model"]["architecture"]["parametersB"] = 70.6
+    big = pool(short_pool)
+    assert not gate(big, job(1), assess(big)).deploy, "the planner refuses it"
 
 
 def test_insufficient_gpu_is_named(short_pool: dict[str, Any]) -> None:
@@ -83,13 +105,7 @@ def test_insufficient_gpu_is_named(short_pool: dict[str, Any]) -> None:
             ]
         },
     }
-    s = compute_status(
-        pool(short_pool),
-        Observed(deployment=deployment(2, 0), fetch_job=job(1), pods=[pod]),
-        DEFAULT_CONFIG,
-        [],
-        T0,
-    )
+    s = status(pool(short_pool), job(1), deployment=deployment(2, 0), pods=[pod])
     c = conds(s)
     assert s["phase"] == "Degraded"
     assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "InsufficientGPU"
@@ -99,13 +115,7 @@ def test_insufficient_gpu_is_named(short_pool: dict[str, Any]) -> None:
 
 
 def test_rolling_out_is_progressing_but_still_ready(short_pool: dict[str, Any]) -> None:
-    s = compute_status(
-        pool(short_pool),
-        Observed(deployment=deployment(2, 2, updated=1), fetch_job=job(1)),
-        DEFAULT_CONFIG,
-        [],
-        T0,
-    )
+    s = status(pool(short_pool), job(1), deployment=deployment(2, 2, updated=1))
     c = conds(s)
     assert c["Ready"]["status"] == "True" and c["Progressing"]["reason"] == "RollingOut"
     assert s["phase"] == "Progressing"
@@ -113,36 +123,40 @@ def test_rolling_out_is_progressing_but_still_ready(short_pool: dict[str, Any]) 
 
 def test_transition_time_moves_only_on_flip(short_pool: dict[str, Any]) -> None:
     p = pool(short_pool)
-    first = compute_status(p, Observed(deployment=deployment(2, 1), fetch_job=job(1)), DEFAULT_CONFIG, [], T0)
-    same = compute_status(
-        p, Observed(deployment=deployment(2, 1), fetch_job=job(1)), DEFAULT_CONFIG, first["conditions"], T1
-    )
+    first = status(p, job(1), deployment=deployment(2, 1))
+    same = status(p, job(1), first["conditions"], T1, deployment=deployment(2, 1))
     assert conds(same)["Ready"]["lastTransitionTime"] == T0
-    flipped = compute_status(
-        p, Observed(deployment=deployment(2, 2), fetch_job=job(1)), DEFAULT_CONFIG, same["conditions"], T1
-    )
+    flipped = status(p, job(1), same["conditions"], T1, deployment=deployment(2, 2))
     assert conds(flipped)["Ready"]["lastTransitionTime"] == T1
     assert conds(flipped)["WeightsCached"]["lastTransitionTime"] == T0
 
 
 def test_warm_at_zero_is_standby(short_pool: dict[str, Any]) -> None:
     short_pool["spec"].update(tier="warm", replicas={"min": 0, "max": 2})
-    s = compute_status(
-        pool(short_pool), Observed(deployment=deployment(0, 0), fetch_job=job(1)), DEFAULT_CONFIG, [], T0
-    )
+    s = status(pool(short_pool), job(1), deployment=deployment(0, 0))
     assert s["phase"] == "Standby" and conds(s)["Ready"]["reason"] == "ScaledToZero"
 
 
 def test_invalid_status_names_the_field() -> None:
-    s = invalid_status(4, "spec.engine.numShard: must be <= 8", [], T0)
+    s = invalid_status(4, "spec.engine.numShard: must be <= 8", [], T0).model_dump(by_alias=True)
     c = conds(s)
     assert s["phase"] == "Invalid" and s["observedGeneration"] == 4
     assert c["Ready"]["reason"] == "InvalidSpec" and "numShard" in c["Ready"]["message"]
 
 
-def test_capacity_refusal_outranks_everything(short_pool: dict[str, Any]) -> None:
-    from tgipool.planner import assess
+def test_refused_write_is_an_input_not_an_afterthought(short_pool: dict[str, Any]) -> None:
+    p = pool(short_pool)
+    ready = status(p, job(1), deployment=deployment(2, 2))
+    why = Refused("ApplyRefused", "the API server refused Deployment x: 403 forbidden")
+    s = status(p, job(1), ready["conditions"], T1, why, deployment=deployment(2, 2))
+    c = conds(s)
+    assert s["phase"] == "Degraded"
+    assert (c["Degraded"]["status"], c["Degraded"]["reason"]) == ("True", "ApplyRefused")
+    assert c["Degraded"]["lastTransitionTime"] == T1, "Degraded flipped"
+    assert c["Ready"] == conds(ready)["Ready"], "the pods still serve"
 
+
+def test_capacity_refusal_outranks_everything(short_pool: dict[str, Any]) -> None:
     short_pool["spec"]["model"]["architecture"] = {
         "numLayers": 80,
         "numKeyValueHeads": 8,
@@ -150,9 +164,8 @@ def test_capacity_refusal_outranks_everything(short_pool: dict[str, Any]) -> Non
         "parametersB": 70.6,
     }
     p = pool(short_pool)
-    verdict = assess(p)
-    assert verdict.refused
-    s = compute_status(p, Observed(fetch_job=job(1)), DEFAULT_CONFIG, [], T0, verdict)
+    assert assess(p).refused
+    s = status(p, job(1))
     c = conds(s)
     assert s["phase"] == "Infeasible"
     assert c["CapacityFeasible"]["status"] == "False" and c["CapacityFeasible"]["reason"] == "WeightsDoNotFit"
@@ -161,12 +174,7 @@ def test_capacity_refusal_outranks_everything(short_pool: dict[str, Any]) -> Non
 
 
 def test_capacity_fits_is_reported(short_pool: dict[str, Any]) -> None:
-    from tgipool.planner import assess
-
-    p = pool(short_pool)
-    s = compute_status(
-        p, Observed(deployment=deployment(2, 2), fetch_job=job(1)), DEFAULT_CONFIG, [], T0, assess(p)
-    )
+    s = status(pool(short_pool), job(1), deployment=deployment(2, 2))
     assert conds(s)["CapacityFeasible"]["status"] == "True" and s["phase"] == "Ready"
     assert s["capacity"] == {
         "kvBytesPerToken": 131072,
@@ -176,12 +184,7 @@ def test_capacity_fits_is_reported(short_pool: dict[str, Any]) -> None:
 
 
 def test_unknown_architecture_is_unknown_not_true(short_pool: dict[str, Any]) -> None:
-    from tgipool.planner import assess
-
     del short_pool["spec"]["model"]["architecture"]
-    p = pool(short_pool)
-    s = compute_status(
-        p, Observed(deployment=deployment(2, 2), fetch_job=job(1)), DEFAULT_CONFIG, [], T0, assess(p)
-    )
+    s = status(pool(short_pool), job(1), deployment=deployment(2, 2))
     assert conds(s)["CapacityFeasible"]["status"] == "Unknown"
     assert s["phase"] == "Ready"

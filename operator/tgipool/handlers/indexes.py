@@ -1,4 +1,4 @@
-"""In-memory caches of every child of every pool, kept by kopf indexes.
+"""In-memory caches of every pool and gateway and of their children, kept by kopf indexes.
 
 kopf fills all indexes before it runs any other handler, so a reconcile right after an operator
 restart already sees every child and writes nothing for children that match.
@@ -12,8 +12,10 @@ from typing import Any
 
 import kopf
 
+from tgipool.api.modelgateway import GATEWAY_PLURAL
 from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.desired import names
+from tgipool.desired.gateway_children import GATEWAY_LABEL
 from tgipool.manifest import Manifest
 from tgipool.status import Observed
 
@@ -78,6 +80,35 @@ def pods_index(
     }
 
 
+# A gateway's children that the operator may watch; its ServiceAccount and RBAC objects it may only
+# read and write (see `handlers/modelgateway.py`).
+GATEWAY_MANAGED: dict[str, Any] = {
+    "app.kubernetes.io/managed-by": names.MANAGED_BY,
+    GATEWAY_LABEL: kopf.PRESENT,
+}
+GATEWAY_CHILD_KINDS = [k for k in CHILD_KINDS if k[3] in ("Service", "Deployment", "HorizontalPodAutoscaler")]
+
+
+@kopf.index(GROUP, VERSION, GATEWAY_PLURAL)
+def gateway_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Manifest]:
+    """Gateways by namespace: a pool's event refreshes the routing tables of its namespace."""
+    return {namespace or "": slim(body)}
+
+
+def _register_gateway_child_index(group: str, version: str, plural: str, kind: str) -> None:
+    def index(
+        body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> dict[Key, Manifest]:
+        return {(namespace or "", labels[GATEWAY_LABEL]): slim(body)}
+
+    index.__name__ = f"gateway_{plural}_index"
+    kopf.index(group, version, plural, labels=GATEWAY_MANAGED, id=index.__name__)(index)
+
+
+for _kind in GATEWAY_CHILD_KINDS:
+    _register_gateway_child_index(*_kind[:4])
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Every cached child of one pool, by (kind, name)."""
@@ -91,13 +122,8 @@ class Snapshot:
     def of_kind(self, kind: str) -> list[Manifest]:
         return [m for (k, _), m in self.children.items() if k == kind]
 
-    def observed(self, deployment: str, fetch_job: str | None, cache: str) -> Observed:
-        return Observed(
-            deployment=self.get("Deployment", deployment),
-            fetch_job=self.get("Job", fetch_job) if fetch_job else None,
-            cache=self.get("PersistentVolumeClaim", cache),
-            pods=self.pods,
-        )
+    def observed(self, deployment: str) -> Observed:
+        return Observed(deployment=self.get("Deployment", deployment), pods=self.pods)
 
 
 def snapshot(kwargs: Mapping[str, Any], key: Key) -> Snapshot:
@@ -109,3 +135,22 @@ def snapshot(kwargs: Mapping[str, Any], key: Key) -> Snapshot:
             children[(kind, body["metadata"]["name"])] = body
     pods = list(kwargs["pods_index"].get(key) or [])
     return Snapshot(children=children, pods=pods)
+
+
+def gateway(kwargs: Mapping[str, Any], key: Key) -> Manifest | None:
+    return next(
+        (g for g in kwargs["gateway_index"].get(key[0]) or [] if g["metadata"]["name"] == key[1]), None
+    )
+
+
+def gateway_children(kwargs: Mapping[str, Any], key: Key) -> dict[tuple[str, str], Manifest]:
+    """One gateway's watched children by (kind, name)."""
+    return {
+        (kind, body["metadata"]["name"]): body
+        for _group, _version, plural, kind in GATEWAY_CHILD_KINDS
+        for body in kwargs[f"gateway_{plural}_index"].get(key) or []
+    }
+
+
+def pools_in(kwargs: Mapping[str, Any], namespace: str) -> list[Manifest]:
+    return [body for (ns, _name), store in kwargs["pool_index"].items() if ns == namespace for body in store]

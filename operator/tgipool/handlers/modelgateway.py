@@ -1,4 +1,9 @@
-"""kopf handlers for ModelGateway: apply its children, publish the routing table it serves."""
+"""kopf handlers for ModelGateway: apply its children, publish the routing table it serves.
+
+Its Service, Deployment and HPA come from kopf indexes; its ServiceAccount, Role and RoleBinding
+are not watched (the chart grants no list/watch on them), so each is read once and afterwards
+known from our own writes. Pool events refresh the routing tables of their namespace.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +14,23 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from tgipool.api.modelgateway import GATEWAY_PLURAL, ModelGateway
-from tgipool.api.modelpool import GROUP, VERSION, ModelPool
-from tgipool.api.parse import describe_validation_error
-from tgipool.desired.gateway_children import build_gateway_children, child_name, gateway_endpoint
-from tgipool.handlers import indexes
-from tgipool.handlers.reconcile import event_target, now_rfc3339, status_patch
-from tgipool.k8s.client import ApplyError, Kube
-from tgipool.k8s.compare import needs_apply, stamped
-from tgipool.manifest import Manifest
-from tgipool.status import Verdict, set_condition
-
-GATEWAY_STATUS_KEYS = (
-    "observedGeneration",
-    "phase",
-    "endpoint",
-    "conditions",
-    "pools",
-    "routedPools",
-    "defaultPool",
+from tgipool.api.modelgateway import GATEWAY_PLURAL, ModelGateway, RoutePool
+from tgipool.api.modelpool import GROUP, PLURAL, VERSION, ModelPool
+from tgipool.api.parse import describe_validation_error, parse_gateway
+from tgipool.desired.gateway_children import (
+    GATEWAY_LABEL,
+    build_gateway_children,
+    child_name,
+    gateway_endpoint,
 )
+from tgipool.handlers import indexes
+from tgipool.handlers.writer import Outcome, Writer, report
+from tgipool.k8s import errors
+from tgipool.k8s.client import ApplyError
+from tgipool.manifest import Manifest
+from tgipool.status import gateway_status, invalid_gateway_status, now_rfc3339
+
+WATCHED = {kind for _group, _version, _plural, kind in indexes.GATEWAY_CHILD_KINDS}
 
 
 def routing_table(gw: ModelGateway, pools: list[Manifest]) -> list[Manifest]:
@@ -56,93 +58,132 @@ def routing_table(gw: ModelGateway, pools: list[Manifest]) -> list[Manifest]:
     return sorted(rows, key=lambda r: (r["servedName"], r["maxTotalTokens"], r["name"]))
 
 
-def _get(kube: Kube, manifest: Manifest) -> Manifest | None:
-    meta = manifest["metadata"]
+async def _read_once(writer: Writer, manifest: Manifest) -> None:
+    """Learn an unwatched child's state once; from then on our own writes keep it known."""
+    kind, meta = manifest["kind"], manifest["metadata"]
+    if writer.known(kind, meta["namespace"], meta["name"]):
+        return
     try:
-        return kube.get(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
-    except ApplyError as e:
-        if e.status == 404:
-            return None
-        raise
+        found = await asyncio.to_thread(
+            writer.kube.get, manifest["apiVersion"], kind, meta["namespace"], meta["name"]
+        )
+    except ApplyError:
+        return  # missing or unreadable: the apply that follows settles it
+    writer.remember(found)
 
 
 async def reconcile_gateway(
-    raw: Mapping[str, Any], pools: list[Manifest], kube: Kube, logger: kopf.Logger
-) -> None:
+    raw: Mapping[str, Any],
+    pools: list[Manifest],
+    children: Mapping[tuple[str, str], Manifest],
+    writer: Writer,
+    logger: kopf.Logger,
+) -> Outcome:
     meta = raw["metadata"]
-    old: Mapping[str, Any] = raw.get("status") or {}
-    previous = list(old.get("conditions") or [])
-    gen = meta.get("generation")
+    async with writer.lock("ModelGateway", meta.get("namespace", ""), meta["name"]):
+        return await _reconcile_gateway(raw, pools, children, writer, logger)
+
+
+async def _reconcile_gateway(
+    raw: Mapping[str, Any],
+    pools: list[Manifest],
+    children: Mapping[tuple[str, str], Manifest],
+    writer: Writer,
+    logger: kopf.Logger,
+) -> Outcome:
+    out = Outcome()
+    meta = raw["metadata"]
+    namespace, gen = meta.get("namespace", ""), meta.get("generation")
+    current = writer.current("ModelGateway", namespace, meta["name"], dict(raw)) or raw
+    previous = list((current.get("status") or {}).get("conditions") or [])
     try:
-        gw = ModelGateway.model_validate({"metadata": meta, "spec": raw.get("spec") or {}})
+        gw = parse_gateway(raw)
     except ValidationError as err:
         message = describe_validation_error(err)
-        bad = Verdict("False", "InvalidSpec", message)
-        new: Manifest = {
-            "observedGeneration": gen,
-            "phase": "Invalid",
-            "conditions": [set_condition(previous, "Ready", bad, gen, now_rfc3339())],
-        }
-        patch = status_patch(new, old)
-        if patch:
-            await asyncio.to_thread(kube.patch_status, meta["namespace"], meta["name"], patch, "ModelGateway")
+        await writer.write_status(raw, invalid_gateway_status(gen, message, previous, now_rfc3339()), out)
         raise kopf.PermanentError(f"invalid ModelGateway: {message}") from err
 
-    applied = []
-    deployment: Manifest | None = None
-    for manifest in build_gateway_children(gw):
-        observed = await asyncio.to_thread(_get, kube, manifest)
-        if manifest["kind"] == "Deployment":
-            deployment = observed
-        if needs_apply(manifest, observed):
-            await asyncio.to_thread(kube.apply, stamped(manifest))
-            applied.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
+    manifests = build_gateway_children(gw)
+    for manifest in manifests:
+        if manifest["kind"] not in WATCHED:
+            await _read_once(writer, manifest)
+    await writer.apply(manifests, lambda kind, name: children.get((kind, name)), out)
 
-    ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
-    table = routing_table(gw, pools)
-    verdict = (
-        Verdict("True", "GatewayReady", f"{ready} gateway replica(s) ready, routing {len(table)} pool(s)")
-        if ready
-        else Verdict("False", "WaitingForReplicas", f"Deployment {child_name(gw)} has no ready replica yet")
+    name = child_name(gw)
+    deployment = writer.current("Deployment", namespace, name, children.get(("Deployment", name)))
+    new = gateway_status(
+        gen,
+        previous,
+        now_rfc3339(),
+        deployment=name,
+        ready_replicas=int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0),
+        endpoint=gateway_endpoint(gw),
+        table=[RoutePool.model_validate(row) for row in routing_table(gw, pools)],
+        default_pool=gw.spec.default_pool,
+        refused=errors.refused(out.errors[0]) if out.errors else None,
     )
-    default = gw.spec.default_pool if any(r["name"] == gw.spec.default_pool for r in table) else None
-    new = {
-        "observedGeneration": gen,
-        "phase": "Ready" if ready else "Progressing",
-        "endpoint": gateway_endpoint(gw),
-        "conditions": [set_condition(previous, "Ready", verdict, gen, now_rfc3339())],
-        "pools": table,
-        "routedPools": len(table),
-        "defaultPool": default,
-    }
-    patch = status_patch({k: v for k, v in new.items() if v is not None}, old)
-    if patch:
-        await asyncio.to_thread(kube.patch_status, meta["namespace"], meta["name"], patch, "ModelGateway")
-    if applied:
-        kopf.info(event_target(raw), reason="Reconciled", message=f"server-side applied {', '.join(applied)}")
-        logger.info("reconciled gateway=%s/%s %s", meta["namespace"], meta["name"], ", ".join(applied))
+    await writer.write_status(raw, new, out)
+    report(raw, out, logger)
+    return out
 
 
-def _pools_in(namespace: str, kwargs: Mapping[str, Any]) -> list[Manifest]:
-    index = kwargs["pool_index"]
-    return [body for (ns, _name), store in index.items() if ns == namespace for body in store]
+async def _refresh(
+    raw: Mapping[str, Any], kwargs: Mapping[str, Any], writer: Writer, logger: kopf.Logger
+) -> None:
+    """A reconcile from an event of another object: its failure is logged; the gateway's own
+    handlers retry."""
+    if raw["metadata"].get("deletionTimestamp"):
+        return
+    namespace = raw["metadata"].get("namespace", "")
+    key = (namespace, raw["metadata"]["name"])
+    try:
+        await reconcile_gateway(
+            raw, indexes.pools_in(kwargs, namespace), indexes.gateway_children(kwargs, key), writer, logger
+        )
+    except (kopf.PermanentError, kopf.TemporaryError) as e:
+        logger.info("reconcile of gateway %s/%s: %s", *key, e)
 
 
 @kopf.on.resume(GROUP, VERSION, GATEWAY_PLURAL)
 @kopf.on.create(GROUP, VERSION, GATEWAY_PLURAL)
 @kopf.on.update(GROUP, VERSION, GATEWAY_PLURAL, field="spec")
 async def gateway_changed(
-    body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+    body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    await reconcile_gateway(indexes.slim(body), _pools_in(namespace or "", kwargs), memo.kube, logger)
+    key = (namespace or "", name)
+    children = indexes.gateway_children(kwargs, key)
+    await reconcile_gateway(
+        indexes.slim(body), indexes.pools_in(kwargs, key[0]), children, memo.writer, logger
+    )
 
 
-@kopf.timer(GROUP, VERSION, GATEWAY_PLURAL, interval=5, initial_delay=5)
-async def gateway_refresh(
-    body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+@kopf.on.event(GROUP, VERSION, PLURAL, id="pool_routes_changed")
+async def pool_routes_changed(
+    namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    """Pools come and go and change readiness: keep the published routing table current."""
-    try:
-        await reconcile_gateway(indexes.slim(body), _pools_in(namespace or "", kwargs), memo.kube, logger)
-    except kopf.PermanentError:
-        return
+    """A pool came, went or changed (spec or readiness): refresh the routing tables of its namespace."""
+    for gw in list(kwargs["gateway_index"].get(namespace or "") or []):
+        await _refresh(gw, kwargs, memo.writer, logger)
+
+
+async def gateway_child_changed(
+    type: str,  # kopf's name for the watch event type
+    body: kopf.Body,
+    namespace: str | None,
+    labels: Mapping[str, str],
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    """A child changed (drift, deletion, readiness): re-run its gateway's reconcile from the caches."""
+    if type == "DELETED":
+        memo.writer.forget(body.get("kind", ""), namespace or "", body["metadata"]["name"])
+    gw = indexes.gateway(kwargs, (namespace or "", labels[GATEWAY_LABEL]))
+    if gw is not None:
+        await _refresh(gw, kwargs, memo.writer, logger)
+
+
+for _group, _version, _plural, _kind in indexes.GATEWAY_CHILD_KINDS:
+    kopf.on.event(_group, _version, _plural, labels=indexes.GATEWAY_MANAGED, id=f"gateway_{_plural}_changed")(
+        gateway_child_changed
+    )

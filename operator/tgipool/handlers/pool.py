@@ -12,10 +12,9 @@ from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import names
 from tgipool.handlers import indexes
-from tgipool.handlers.reconcile import forget_applied, reconcile
+from tgipool.handlers.reconcile import reconcile
+from tgipool.handlers.writer import Writer
 from tgipool.k8s.client import Kube
-
-FIELD_MANAGER = "tgipool"
 
 
 @kopf.on.startup()
@@ -34,8 +33,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
     settings.networking.request_timeout = 60
-    memo.kube = Kube.from_environment(field_manager=FIELD_MANAGER)
     memo.cfg = DEFAULT_CONFIG
+    memo.writer = Writer(Kube.from_environment(field_manager=memo.cfg.field_manager))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -45,7 +44,7 @@ async def pool_changed(
     body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     snap = indexes.snapshot(kwargs, (namespace or "", name))
-    await reconcile(indexes.slim(body), snap, memo.kube, memo.cfg, logger)
+    await reconcile(indexes.slim(body), snap, memo.writer, memo.cfg, logger)
 
 
 async def child_changed(
@@ -60,7 +59,7 @@ async def child_changed(
     """A child changed (drift, deletion, status): re-run the owner's reconcile from the caches."""
     key = (namespace or "", labels[names.POOL_LABEL])
     if type == "DELETED":
-        forget_applied(body.get("kind", ""), key[0], body["metadata"]["name"])
+        memo.writer.forget(body.get("kind", ""), key[0], body["metadata"]["name"])
     store = kwargs["pool_index"].get(key)
     if not store:
         return
@@ -68,7 +67,7 @@ async def child_changed(
     if pool["metadata"].get("deletionTimestamp"):
         return
     try:
-        await reconcile(pool, indexes.snapshot(kwargs, key), memo.kube, memo.cfg, logger)
+        await reconcile(pool, indexes.snapshot(kwargs, key), memo.writer, memo.cfg, logger)
     except (kopf.PermanentError, kopf.TemporaryError) as e:
         # The pool's own handler retries; a child event only refreshes.
         logger.info("reconcile of %s/%s from a child event: %s", *key, e)

@@ -53,10 +53,10 @@ def path(api_version: str, kind: str, namespace: str, name: str | None = None) -
 @dataclass
 class Kube:
     api: Any  # kubernetes.client.ApiClient
-    field_manager: str = "tgipool"
+    field_manager: str  # names our writes in managedFields; also the user agent
 
     @classmethod
-    def from_environment(cls, field_manager: str = "tgipool", pool_size: int = 16) -> Kube:
+    def from_environment(cls, field_manager: str, pool_size: int = 16) -> Kube:
         try:
             kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
@@ -74,7 +74,9 @@ class Kube:
         body: Any = None,
         content_type: str | None = None,
         query: list[tuple[str, str]] | None = None,
+        target: tuple[str, str] | None = None,
     ) -> Any:
+        """One request; a refusal raises ApplyError naming `target` (kind, name), else the URL's tail."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -95,8 +97,8 @@ class Kube:
                 reason, message = payload.get("reason", reason), payload.get("message", "")
             except (TypeError, ValueError):
                 message = str(data)[:500]
-            parts = url.rstrip("/").split("/")
-            raise ApplyError(parts[-2], parts[-1], resp.status, reason, message)
+            kind, name = target or tuple(url.rstrip("/").split("/")[-2:])
+            raise ApplyError(kind, name, resp.status, reason, message)
         return json.loads(data) if data else None
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +137,10 @@ class Kube:
 
     def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], kind: str = "ModelPool"
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Merge-patches the status subresource; returns the object as the API server now holds it."""
         url = path(f"{GROUP}/{VERSION}", kind, namespace, name) + "/status"
-        self._call("PATCH", url, {"status": status}, "application/merge-patch+json")
+        out: dict[str, Any] = self._call(
+            "PATCH", url, {"status": status}, "application/merge-patch+json", target=(kind, f"{name}/status")
+        )
+        return out

@@ -1,4 +1,4 @@
-"""PURE: does a child need a server-side apply? Decides "write nothing when nothing changed".
+"""Does a child need a server-side apply? Decides "write nothing when nothing changed".
 
 A child is applied when it is missing, when the hash of the desired manifest stamped on it at the
 last apply differs (this catches fields we stopped setting), or when any field we set drifted
@@ -9,41 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
+
+from kubernetes.utils import parse_quantity
 
 HASH_ANNOTATION = "tgipool.io/desired-hash"
 
-_SUFFIX: dict[str, int | Decimal] = {
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-}
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([a-zA-Z]*)$")
-
 
 def _quantity(value: str) -> Decimal | None:
-    m = _QUANTITY.match(value)
-    if not m or m.group(2) not in _SUFFIX:
-        return None
     try:
-        return Decimal(m.group(1)) * Decimal(_SUFFIX[m.group(2)])
-    except InvalidOperation:
+        q: Decimal = parse_quantity(value)  # type: ignore[no-untyped-call]
+    except ValueError:
         return None
+    return q
 
 
 def _same_scalar(want: Any, have: Any) -> bool:
@@ -54,6 +33,7 @@ def _same_scalar(want: Any, have: Any) -> bool:
     a, b = str(want), str(have)
     if a == b:
         return True
+    # The API server normalises resource quantities ("0.5" comes back as "500m").
     qa, qb = _quantity(a), _quantity(b)
     return qa is not None and qa == qb
 

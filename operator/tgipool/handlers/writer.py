@@ -1,0 +1,154 @@
+"""Every write of the handlers, and the one judge of whether the cluster is current.
+
+The watch caches (kopf indexes) lag behind our own writes under load; comparing against a stale
+copy would write the same child or status again at every event that arrives in between. So each
+write keeps the API server's answer, and a reconcile compares against the newer of that answer and
+the cached copy: an object we wrote and that nobody changed since is never written again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+from pydantic import BaseModel
+
+from tgipool.handlers.indexes import slim
+from tgipool.k8s import errors
+from tgipool.k8s.client import ApplyError, Kube
+from tgipool.k8s.compare import needs_apply, stamped
+from tgipool.manifest import Manifest
+from tgipool.status import status_patch
+
+Key = tuple[str, str, str]  # kind, namespace, name
+
+
+def event_target(raw: Mapping[str, Any]) -> kopf.Body:
+    return kopf.Body(cast("kopf.RawBody", dict(raw)))
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def fresher(cached: Manifest | None, written: Manifest | None) -> Manifest | None:
+    """The newer of the watch cache's copy of an object and the API server's answer to our write.
+
+    etcd-backed resourceVersions increase, so the larger one is the newer state (a hand edit after
+    our write wins, and is reverted).
+    """
+    if written is None:
+        return cached
+    if cached is not None and _rv(cached) >= _rv(written):
+        return cached
+    return written
+
+
+@dataclass
+class Outcome:
+    """The writes of one reconcile."""
+
+    applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status_written: bool = False
+    errors: list[ApplyError] = field(default_factory=list)
+
+    @property
+    def writes(self) -> int:
+        return len(self.applied) + len(self.deleted) + int(self.status_written)
+
+
+class Writer:
+    """Applies children, deletes them and patches status; remembers the answers (children, and the
+    pools and gateways whose status we wrote), and keeps one lock per reconciled object."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self._answers: dict[Key, Manifest] = {}
+        self._locks: dict[Key, asyncio.Lock] = {}
+
+    def current(self, kind: str, namespace: str, name: str, cached: Manifest | None) -> Manifest | None:
+        """What the cluster holds now, as far as we know."""
+        return fresher(cached, self._answers.get((kind, namespace, name)))
+
+    def known(self, kind: str, namespace: str, name: str) -> bool:
+        return (kind, namespace, name) in self._answers
+
+    def remember(self, answer: Manifest) -> None:
+        """Keep the API server's answer to a write (or to a read of a kind we do not watch)."""
+        meta = answer["metadata"]
+        self._answers[(answer["kind"], meta.get("namespace", ""), meta["name"])] = slim(answer)
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        """The object was deleted: the next reconcile must see it missing, whatever we wrote before."""
+        self._answers.pop((kind, namespace, name), None)
+
+    def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((kind, namespace, name), asyncio.Lock())
+
+    async def apply(
+        self,
+        manifests: Iterable[Manifest],
+        cached: Callable[[str, str], Manifest | None],
+        out: Outcome,
+    ) -> None:
+        """Server-side applies each manifest that differs from the cluster; refusals go to `out`."""
+        for manifest in manifests:
+            kind, meta = manifest["kind"], manifest["metadata"]
+            current = self.current(kind, meta["namespace"], meta["name"], cached(kind, meta["name"]))
+            if not needs_apply(manifest, current):
+                continue
+            try:
+                self.remember(await asyncio.to_thread(self.kube.apply, stamped(manifest)))
+                out.applied.append(f"{kind}/{meta['name']}")
+            except ApplyError as e:
+                out.errors.append(e)
+
+    async def delete(self, child: Manifest, out: Outcome) -> None:
+        kind, meta = child["kind"], child["metadata"]
+        try:
+            await asyncio.to_thread(
+                self.kube.delete, child["apiVersion"], kind, meta["namespace"], meta["name"]
+            )
+        except ApplyError as e:
+            out.errors.append(e)
+            return
+        self.forget(kind, meta["namespace"], meta["name"])
+        out.deleted.append(f"{kind}/{meta['name']}")
+
+    async def write_status(self, raw: Mapping[str, Any], new: BaseModel, out: Outcome) -> None:
+        """Patches the status of `raw` (a pool or a gateway) to `new`, unless it already is `new`."""
+        kind, meta = raw["kind"], raw["metadata"]
+        namespace, name = meta.get("namespace", ""), meta["name"]
+        current = self.current(kind, namespace, name, dict(raw)) or raw
+        patch = status_patch(new, current.get("status") or {})
+        if patch is None:
+            return
+        try:
+            answer = await asyncio.to_thread(self.kube.patch_status, namespace, name, patch, kind)
+        except ApplyError as e:
+            raise errors.handler_error([e], f"{kind} {namespace}/{name}") from e
+        self.remember(answer)
+        out.status_written = True
+
+
+def report(raw: Mapping[str, Any], out: Outcome, logger: kopf.Logger) -> None:
+    """Events and a log line for what was written; the kopf error for what was refused."""
+    kind, meta = raw["kind"], raw["metadata"]
+    what = f"{kind} {meta.get('namespace', '')}/{meta['name']}"
+    if out.applied or out.deleted:
+        done = ", ".join(out.applied + [f"deleted {d}" for d in out.deleted])
+        kopf.info(event_target(raw), reason="Reconciled", message=f"server-side applied {done}")
+        logger.info("reconciled %s writes=%d %s", what, out.writes, done)
+    else:
+        logger.debug("%s unchanged; no writes", what)
+    for refused in out.errors:
+        kopf.warn(event_target(raw), reason=errors.refused(refused).reason, message=str(refused))
+    if out.errors:
+        raise errors.handler_error(out.errors, what)

@@ -1,0 +1,184 @@
+"""The handlers against an in-memory API server: what they write, what they never write twice, and
+how refused writes end up on status and in kopf's retry logic."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import kopf
+import pytest
+from kopf._core.engines import posting
+
+from tgipool.config import DEFAULT_CONFIG
+from tgipool.handlers.indexes import Snapshot
+from tgipool.handlers.modelgateway import reconcile_gateway
+from tgipool.handlers.reconcile import reconcile
+from tgipool.handlers.writer import Writer
+from tgipool.k8s.client import ApplyError
+
+from .conftest import load_example
+
+LOG = logging.getLogger("test")
+
+
+class FakeKube:
+    """Keeps objects by (kind, namespace, name), bumps resourceVersions, counts every request."""
+
+    field_manager = "tgipool"
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.refuse: dict[str, int] = {}  # kind -> HTTP status the next applies of it get
+        self.rv = 100
+
+    def _store(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        meta = obj["metadata"]
+        self.objects[(obj["kind"], meta["namespace"], meta["name"])] = obj
+        return copy.deepcopy(obj)
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        self.requests.append(("apply", f"{kind}/{name}"))
+        if kind in self.refuse:
+            raise ApplyError(kind, name, self.refuse[kind], "Refused", f"cannot create resource {kind}")
+        return self._store(copy.deepcopy(manifest))
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        self.requests.append(("get", f"{kind}/{name}"))
+        if (kind, namespace, name) not in self.objects:
+            raise ApplyError(kind, name, 404, "NotFound", "not found")
+        return copy.deepcopy(self.objects[(kind, namespace, name)])
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.requests.append(("delete", f"{kind}/{name}"))
+        self.objects.pop((kind, namespace, name), None)
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], kind: str) -> dict[str, Any]:
+        self.requests.append(("patch_status", f"{kind}/{name}"))
+        obj = self.objects[(kind, namespace, name)]
+        merged = {**obj.get("status", {}), **status}
+        obj["status"] = {k: v for k, v in merged.items() if v is not None}
+        self.last_status_patch = status
+        return self._store(obj)
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [r for r in self.requests if r[0] != "get"]
+
+
+def run(step: Callable[[], Awaitable[Any]]) -> Any:
+    """Runs a handler step with kopf's event posting wired to a queue (as inside the operator)."""
+
+    async def main() -> Any:
+        settings = kopf.OperatorSettings()
+        posting.settings_var.set(settings)
+        posting.event_queue_loop_var.set(asyncio.get_running_loop())
+        posting.event_queue_var.set(asyncio.Queue())
+        return await step()
+
+    return asyncio.run(main())
+
+
+def created(kube: FakeKube, doc: dict[str, Any]) -> dict[str, Any]:
+    """The object as the watch first delivers it."""
+    doc = copy.deepcopy(doc)
+    doc["metadata"].setdefault("namespace", "ml")
+    doc["metadata"].update(uid="uid-1", generation=1)
+    return kube._store(doc)
+
+
+def gateway_doc() -> dict[str, Any]:
+    doc = load_example("gateway")
+    doc["metadata"]["namespace"] = "ml"
+    return doc
+
+
+def ready_pool(name: str) -> dict[str, Any]:
+    doc = load_example(name)
+    doc["metadata"]["namespace"] = "ml"
+    doc["status"] = {"readyReplicas": 1}
+    return doc
+
+
+def test_gateway_clears_its_default_pool_when_the_pool_leaves() -> None:
+    """The bug: status patches cleared only a pool's status keys, so defaultPool stayed forever."""
+    kube = FakeKube()
+    writer = Writer(kube)  # type: ignore[arg-type]
+    gw = created(kube, gateway_doc())
+    default = gw["spec"]["defaultPool"]
+    run(lambda: reconcile_gateway(gw, [ready_pool(default)], {}, writer, LOG))
+    assert kube.objects[("ModelGateway", "ml", "main")]["status"]["defaultPool"] == default
+
+    # The watch's copy still holds the old status; the pool is gone from the index.
+    run(lambda: reconcile_gateway(gw, [], {}, writer, LOG))
+    assert kube.last_status_patch.get("defaultPool", "kept") is None
+    status = kube.objects[("ModelGateway", "ml", "main")]["status"]
+    assert "defaultPool" not in status and status["routedPools"] == 0
+
+
+def test_unchanged_gateway_makes_no_writes_and_reads_unwatched_children_once() -> None:
+    kube = FakeKube()
+    writer = Writer(kube)  # type: ignore[arg-type]
+    gw = created(kube, gateway_doc())
+    pools = [ready_pool("llama3-8b-ru-short")]
+    run(lambda: reconcile_gateway(gw, pools, {}, writer, LOG))
+    assert len(kube.writes()) == 7, "six children and the status"
+    assert sorted(r for r in kube.requests if r[0] == "get") == [
+        ("get", "Role/main-gateway"),
+        ("get", "RoleBinding/main-gateway"),
+        ("get", "ServiceAccount/main-gateway"),
+    ]
+    before = len(kube.requests)
+    # Watch lag: neither the children nor the new status have reached the caches yet.
+    run(lambda: reconcile_gateway(gw, pools, {}, writer, LOG))
+    assert kube.requests[before:] == []
+
+
+def pool_doc() -> dict[str, Any]:
+    return load_example("llama3-8b-ru-short")
+
+
+def test_unchanged_pool_makes_no_writes_under_watch_lag() -> None:
+    kube = FakeKube()
+    writer = Writer(kube)  # type: ignore[arg-type]
+    pool = created(kube, pool_doc())
+    empty = Snapshot(children={}, pods=[])
+    first = run(lambda: reconcile(pool, empty, writer, DEFAULT_CONFIG, LOG))
+    kinds = [a.split("/")[0] for a in first.applied]
+    assert kinds == ["Service", "PersistentVolumeClaim", "Job"], "no Deployment until the weights are fetched"
+    assert first.status_written
+    second = run(lambda: reconcile(pool, empty, writer, DEFAULT_CONFIG, LOG))
+    assert second.writes == 0
+
+
+def test_a_refused_write_is_a_condition_and_a_permanent_error() -> None:
+    kube = FakeKube()
+    kube.refuse["Role"] = 403
+    writer = Writer(kube)  # type: ignore[arg-type]
+    gw = created(kube, gateway_doc())
+    with pytest.raises(kopf.PermanentError, match="cannot create resource Role"):
+        run(lambda: reconcile_gateway(gw, [], {}, writer, LOG))
+    status = kube.objects[("ModelGateway", "ml", "main")]["status"]
+    ready = status["conditions"][0]
+    assert (status["phase"], ready["status"], ready["reason"]) == ("Degraded", "False", "ApplyRefused")
+    assert ("apply", "Deployment/main-gateway") in kube.requests, "the other children are still applied"
+
+
+def test_a_server_error_is_retried_soon() -> None:
+    kube = FakeKube()
+    kube.refuse["Service"] = 503
+    writer = Writer(kube)  # type: ignore[arg-type]
+    pool = created(kube, pool_doc())
+    with pytest.raises(kopf.TemporaryError) as err:
+        run(lambda: reconcile(pool, Snapshot(children={}, pods=[]), writer, DEFAULT_CONFIG, LOG))
+    assert err.value.delay == 10
+    degraded = {
+        c["type"]: c for c in kube.objects[("ModelPool", "ml", "llama3-8b-ru-short")]["status"]["conditions"]
+    }
+    assert (degraded["Degraded"]["status"], degraded["Degraded"]["reason"]) == ("True", "ApplyFailed")
