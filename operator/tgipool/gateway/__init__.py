@@ -4,7 +4,6 @@ from tgipool.gateway.app import GATEWAY_KEY, GatewayServer, build_app
 from tgipool.gateway.config import (
     ConfigError,
     GatewayConfig,
-    PoolConfig,
     TenantConfig,
     load_config,
     parse_config,
@@ -20,7 +19,6 @@ __all__ = [
     "GatewayConfig",
     "GatewayServer",
     "Pool",
-    "PoolConfig",
     "RoutingTable",
     "TenantConfig",
     "build_app",

@@ -1,4 +1,4 @@
-"""Gateway configuration: a YAML file (later: a ModelGateway resource and the pools it selects).
+"""Gateway configuration: a YAML file, or in the cluster a ModelGateway's routes (`cluster_source.py`).
 
 ```yaml
 defaultPool: short-pool        # optional: serves requests without a model (or with "tgi" / an unknown one)
@@ -14,7 +14,7 @@ pools:
   maxConcurrentRequests: 128   # optional, per endpoint; else learned from each endpoint's /info
   priority: 10                 # optional, default 0: breaks ties between pools of equal maxTotalTokens
   fallbackPool: long-pool      # optional: where a saturated pool spills
-  tokenizer: path/to/tokenizer.json   # optional: exact counts; else the emulator's ~4 chars/token estimate
+  tokenizer: path/to/tokenizer.json   # optional: exact counts; else the shared ~4 chars/token estimate
   endpoints: [http://127.0.0.1:9001]
 tenants:                       # optional; absent or empty means no authentication
 - {name: team-a, apiKey: key-a-0123456, pools: [short-pool], priority: 5,
@@ -22,19 +22,21 @@ tenants:                       # optional; absent or empty means no authenticati
 ```
 
 Field names are camelCase; unknown fields are refused; errors name the field (`pools[0].maxTotalTokens`).
+A pool is a `tgipool.routes.Route`: `profile` is the file's shorthand, resolved once on reading.
 API keys must have at least 8 characters.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from tgipool.api.profiles import PRESETS
+from tgipool.routes import Name, Route
 
 
 class ConfigError(ValueError):
@@ -43,55 +45,6 @@ class ConfigError(ValueError):
 
 class _Spec(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-
-Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=512)]
-Name = Annotated[str, Field(min_length=1, max_length=128)]
-
-
-class PoolConfig(_Spec):
-    name: Name
-    served_name: Name | None = Field(default=None, description="Model name clients ask for; default: name.")
-    profile: Literal["short", "balanced", "long"] | None = None
-    max_input_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
-    max_total_tokens: int | None = Field(default=None, ge=2, le=1_048_576)
-    max_concurrent_requests: int | None = Field(default=None, ge=1, le=65_536)
-    priority: int = Field(default=0, ge=-1000, le=1000)
-    fallback_pool: Name | None = None
-    tokenizer: str | None = Field(default=None, min_length=1)
-    endpoints: list[Url] = Field(default_factory=list, max_length=4096)
-
-    @model_validator(mode="after")
-    def _check(self) -> PoolConfig:
-        if self.profile is None and (self.max_input_tokens is None or self.max_total_tokens is None):
-            raise ValueError("maxInputTokens and maxTotalTokens are required when no profile is given")
-        if self.input_limit >= self.total_limit:
-            raise ValueError(
-                f"maxInputTokens ({self.input_limit}) must be < maxTotalTokens ({self.total_limit})"
-            )
-        if self.fallback_pool == self.name:
-            raise ValueError("fallbackPool must name another pool")
-        if len(set(self.endpoints)) != len(self.endpoints):
-            raise ValueError("endpoints must be unique")
-        return self
-
-    @property
-    def model(self) -> str:
-        return self.served_name or self.name
-
-    @property
-    def input_limit(self) -> int:
-        preset = PRESETS[self.profile] if self.profile else None
-        value = self.max_input_tokens or (preset.max_input_tokens if preset else None)
-        assert value is not None
-        return value
-
-    @property
-    def total_limit(self) -> int:
-        preset = PRESETS[self.profile] if self.profile else None
-        value = self.max_total_tokens or (preset.max_total_tokens if preset else None)
-        assert value is not None
-        return value
 
 
 class TenantConfig(_Spec):
@@ -108,7 +61,7 @@ class GatewayConfig(_Spec):
     queue_timeout_seconds: float = Field(default=5.0, ge=0, le=3600)
     max_queue_length: int = Field(default=1024, ge=0, le=1_000_000)
     connect_timeout_seconds: float = Field(default=2.0, gt=0, le=300)
-    pools: list[PoolConfig] = Field(default_factory=list)
+    pools: list[Route] = Field(default_factory=list)
     tenants: list[TenantConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -147,11 +100,41 @@ def describe(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _with_limits(where: str, pool: dict[str, Any]) -> dict[str, Any]:
+    """A file pool's `profile` stands for its preset limits (api/profiles.py); explicit limits win."""
+    out = {k: v for k, v in pool.items() if k != "profile"}
+    profile = pool.get("profile")
+    if profile is None:
+        if out.get("maxInputTokens") is None or out.get("maxTotalTokens") is None:
+            raise ConfigError(
+                f"{where}: maxInputTokens and maxTotalTokens are required when no profile is given"
+            )
+        return out
+    preset = PRESETS.get(profile) if isinstance(profile, str) else None
+    if preset is None:
+        raise ConfigError(f"{where}.profile: must be one of {', '.join(PRESETS)}, not {profile!r}")
+    if out.get("maxInputTokens") is None:
+        out["maxInputTokens"] = preset.max_input_tokens
+    if out.get("maxTotalTokens") is None:
+        out["maxTotalTokens"] = preset.max_total_tokens
+    return out
+
+
 def parse_config(data: Any, source: str = "config") -> GatewayConfig:
+    """A GatewayConfig from the file's mapping (pools may be given as Routes already, with no profile)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
+    pools = data.get("pools")
+    if isinstance(pools, list):
+        data = {
+            **data,
+            "pools": [
+                _with_limits(f"{source}: pools[{i}]", p) if isinstance(p, dict) else p
+                for i, p in enumerate(pools)
+            ],
+        }
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as err:

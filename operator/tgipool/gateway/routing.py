@@ -32,8 +32,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from tgipool.gateway.config import PoolConfig
 from tgipool.gateway.tokens import TokenCounter, counter_for
+from tgipool.routes import Route
 
 DEFAULT_CONCURRENCY = 128  # TGI's --max-concurrent-requests default, until /info says otherwise
 TGI_GENERATION_CHUNK = 1024  # DEFAULT_GENERATION_LENGTH: TGI validates min(max_new_tokens, 1024)
@@ -97,25 +97,25 @@ class Waiter:
 
 
 class Pool:
-    """A pool's routing state: limits from its config, its endpoints, and its priority wait queue."""
+    """A pool's routing state: limits from its route, its endpoints, and its priority wait queue."""
 
-    def __init__(self, config: PoolConfig, table: RoutingTable) -> None:
+    def __init__(self, route: Route, table: RoutingTable) -> None:
         self.table = table
         self.waiters: list[Waiter] = []
         self.endpoints: list[Endpoint] = []
         self.removed = False
         self._rotation = 0
-        self.configure(config)
+        self.configure(route)
 
-    def configure(self, config: PoolConfig) -> None:
-        self.config = config
-        self.name = config.name
-        self.model = config.model
-        self.input_limit = config.input_limit
-        self.total_limit = config.total_limit
-        self.priority = config.priority
-        self.fallback = config.fallback_pool
-        self.counter: TokenCounter = counter_for(config.tokenizer)
+    def configure(self, route: Route) -> None:
+        self.route = route
+        self.name = route.name
+        self.model = route.model
+        self.input_limit = route.max_input_tokens
+        self.total_limit = route.max_total_tokens
+        self.priority = route.priority
+        self.fallback = route.fallback_pool
+        self.counter: TokenCounter = counter_for(route.tokenizer)
 
     # --- fitting ---
     def fits(self, n: int, max_new: int | None) -> bool:
@@ -230,28 +230,27 @@ class RoutingTable:
         self.queue_listener: Callable[[Pool], None] | None = None
 
     # --- live updates ---
-    def update(self, pools: Iterable[PoolConfig], default_pool: str | None = None) -> None:
+    def update(self, routes: Iterable[Route], default_pool: str | None = None) -> None:
         """Replace the table's pools and endpoints, keeping the state of those that remain."""
-        configs = list(pools)
         new_pools: dict[str, Pool] = {}
-        for cfg in configs:
-            pool = self.pools.get(cfg.name)
+        for route in routes:
+            pool = self.pools.get(route.name)
             if pool is None:
-                pool = Pool(cfg, self)
+                pool = Pool(route, self)
             else:
-                pool.configure(cfg)
-            new_pools[cfg.name] = pool
+                pool.configure(route)
+            new_pools[route.name] = pool
         new_endpoints: dict[str, Endpoint] = {}
         for pool in new_pools.values():
             for ep in pool.endpoints:
                 ep.pools = []
         for pool in new_pools.values():
             eps = []
-            for url in pool.config.endpoints:
+            for url in pool.route.endpoints:
                 key = url.rstrip("/")
                 ep = new_endpoints.get(key) or self.endpoints.get(key) or Endpoint(key)
                 ep.removed = False
-                ep.configured_limit = pool.config.max_concurrent_requests
+                ep.configured_limit = pool.route.max_concurrent_requests
                 ep.pools.append(pool)
                 new_endpoints[key] = ep
                 eps.append(ep)

@@ -34,7 +34,9 @@ def test_example_config_loads(tmp_path: Path) -> None:
     path.write_text(EXAMPLE)
     cfg = load_config(path)
     assert cfg.default_pool == "short-pool"
-    assert cfg.pools[1].input_limit == 8192 and cfg.pools[1].total_limit == 12288  # the long profile
+    assert cfg.pools[1].max_input_tokens == 8192 and cfg.pools[1].max_total_tokens == 12288  # long profile
+    explicit = parse_config({"pools": [{"name": "p", "profile": "long", "maxInputTokens": 100}]}).pools[0]
+    assert (explicit.max_input_tokens, explicit.max_total_tokens) == (100, 12288), "explicit limits win"
     assert cfg.tenants[0].requests_per_minute == 600
     assert "key-a" not in repr(cfg.tenants[0])
 
@@ -51,6 +53,10 @@ def test_example_config_loads(tmp_path: Path) -> None:
             "maxInputTokens (20) must be <",
         ),
         ({"pools": [{"name": "p"}]}, "pools[0]: maxInputTokens and maxTotalTokens are required"),
+        (
+            {"pools": [{"name": "p", "profile": "huge"}]},
+            "pools[0].profile: must be one of short, balanced, long",
+        ),
         (
             {"pools": [{"name": "p", "profile": "short", "fallbackPool": "q"}]},
             "pools[0].fallbackPool: no pool",

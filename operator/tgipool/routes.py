@@ -1,0 +1,127 @@
+"""PURE: pools as the gateway routes them, one route row each, from spec, effective limits and ready pods.
+
+The operator (the routing table in a ModelGateway's status) and the gateway (its live configuration) both
+call `routes()`, so the status shows exactly what the gateway serves. Endpoints are the pools' Ready Pods,
+as the Gateway API inference extension's endpoint picker reads them, not Services or EndpointSlices (which
+refuse the loopback pod addresses of the simulated cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from tgipool.api.modelgateway import ModelGateway, RoutePool
+from tgipool.api.modelpool import ModelPool
+from tgipool.desired import names
+from tgipool.manifest import Manifest
+
+Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=512)]
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+DEFAULT_PORT = 8080  # TGI's, when a pod names no `http` port
+
+
+class Route(BaseModel):
+    """One pool in the gateway's table: effective limits as given, and the URLs of its ready endpoints."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    name: Name
+    served_name: Name | None = Field(default=None, description="Model name clients ask for; default: name.")
+    max_input_tokens: int = Field(ge=1, le=1_048_576)
+    max_total_tokens: int = Field(ge=2, le=1_048_576)
+    max_concurrent_requests: int | None = Field(default=None, ge=1, le=65_536)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    fallback_pool: Name | None = None
+    tokenizer: str | None = Field(default=None, min_length=1)
+    endpoints: list[Url] = Field(default_factory=list, max_length=4096)
+
+    @model_validator(mode="after")
+    def _check(self) -> Route:
+        if self.max_input_tokens >= self.max_total_tokens:
+            raise ValueError(
+                f"maxInputTokens ({self.max_input_tokens}) must be < maxTotalTokens ({self.max_total_tokens})"
+            )
+        if self.fallback_pool == self.name:
+            raise ValueError("fallbackPool must name another pool")
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError("endpoints must be unique")
+        return self
+
+    @property
+    def model(self) -> str:
+        return self.served_name or self.name
+
+
+def selects(gw: ModelGateway, pool: Manifest) -> bool:
+    labels = pool.get("metadata", {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in gw.spec.pool_selector.match_labels.items())
+
+
+def ready_endpoints(pool: str, pods: Iterable[Manifest]) -> list[str]:
+    """URLs of the pool's Ready, not terminating pods, on the TGI container's `http` port."""
+    out = []
+    for pod in pods:
+        meta, status = pod.get("metadata", {}), pod.get("status", {})
+        if (meta.get("labels") or {}).get(names.POOL_LABEL) != pool or meta.get("deletionTimestamp"):
+            continue
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+        )
+        if not ready or not status.get("podIP"):
+            continue
+        port = DEFAULT_PORT
+        for c in pod.get("spec", {}).get("containers", []):
+            for p in c.get("ports") or []:
+                if p.get("name") == "http":
+                    port = int(p["containerPort"])
+        out.append(f"http://{status['podIP']}:{port}")
+    return sorted(out)
+
+
+def route(pool: ModelPool, endpoints: list[str], routed: Container[str]) -> Route:
+    """THE projection: a pool's route row. A fallback outside the table (`routed`), or itself, is dropped."""
+    limits = pool.limits
+    fallback = pool.spec.routing.fallback_pool
+    return Route(
+        name=pool.name,
+        served_name=pool.served_name,
+        max_input_tokens=limits.max_input_tokens,
+        max_total_tokens=limits.max_total_tokens,
+        max_concurrent_requests=limits.max_concurrent_requests,
+        priority=pool.spec.routing.priority,
+        fallback_pool=fallback if fallback in routed and fallback != pool.name else None,
+        endpoints=endpoints,
+    )
+
+
+def routes(gw: ModelGateway, pools: Iterable[Manifest], pods: Iterable[Manifest]) -> list[Route]:
+    """The pools `gw` selects, by served name then size. Pools that do not parse are left out (the operator
+    reports them on the pool itself)."""
+    parsed: list[ModelPool] = []
+    for raw in pools:
+        if not selects(gw, raw):
+            continue
+        try:
+            parsed.append(ModelPool.model_validate(raw))
+        except ValidationError:
+            continue
+    pods = list(pods)
+    routed = {p.name for p in parsed}
+    rows = [route(p, ready_endpoints(p.name, pods), routed) for p in parsed]
+    return sorted(rows, key=lambda r: (r.model, r.max_total_tokens, r.name))
+
+
+def status_row(r: Route) -> RoutePool:
+    """A route as the ModelGateway's status shows it: endpoints counted, not listed."""
+    return RoutePool(
+        name=r.name,
+        served_name=r.model,
+        max_input_tokens=r.max_input_tokens,
+        max_total_tokens=r.max_total_tokens,
+        priority=r.priority,
+        fallback_pool=r.fallback_pool,
+        ready_endpoints=len(r.endpoints),
+    )
