@@ -1,4 +1,4 @@
-"""ModelGateway: golden children, the routing table it publishes, the config the gateway builds."""
+"""ModelGateway: golden children, least-privilege Role, the config the gateway builds from the cluster."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from typing import Any
 import yaml
 
 from tgipool.api.modelgateway import ModelGateway
-from tgipool.api.modelpool import ModelPool
 from tgipool.desired.gateway_children import build_gateway_children
-from tgipool.gateway.cluster_source import build_config, ready_endpoints
-from tgipool.handlers.modelgateway import routing_table
+from tgipool.gateway.cluster_source import build_config
 
 from .conftest import EXAMPLES, load_example
 
@@ -31,7 +29,6 @@ def pools() -> list[dict[str, Any]]:
     for name in ("llama3-8b-ru-short", "llama3-8b-ru-long", "code-7b", "balanced-awq"):
         doc = load_example(name)
         doc["metadata"]["namespace"] = "ml"
-        doc["status"] = {"readyReplicas": 2}
         out.append(doc)
     out[-1]["metadata"]["labels"] = {"tgipool.io/gateway": "other"}
     return out
@@ -66,8 +63,10 @@ def test_gateway_role_is_least_privilege() -> None:
         for r in rule["resources"]
         for v in rule["verbs"]
     }
-    assert ("", "secrets", "get") not in verbs, "no tenants secret: no secret access"
-    assert all(v in {"get", "list", "watch"} for _, _, v in verbs)
+    assert not any(r == "secrets" for _, r, _ in verbs), "no tenants secret: no secret access"
+    assert all(v in {"list", "watch"} for _, _, v in verbs)
+    gateways = next(r for r in role["rules"] if r["resources"] == ["modelgateways"])
+    assert gateways["resourceNames"] == ["main"], "its own ModelGateway only"
     role = next(
         m for m in build_gateway_children(gateway(tenantsSecretRef={"name": "keys"})) if m["kind"] == "Role"
     )
@@ -75,21 +74,9 @@ def test_gateway_role_is_least_privilege() -> None:
     assert secret_rule == {
         "apiGroups": [""],
         "resources": ["secrets"],
-        "verbs": ["get"],
+        "verbs": ["list", "watch"],
         "resourceNames": ["keys"],
     }
-
-
-def test_routing_table_lists_selected_pools() -> None:
-    rows = routing_table(gateway(), pools())
-    assert [r["name"] for r in rows] == ["code-7b", "llama3-8b-ru-short", "llama3-8b-ru-long"]
-    short = rows[1]
-    assert (short["maxInputTokens"], short["maxTotalTokens"], short["fallbackPool"]) == (
-        2048,
-        4096,
-        "llama3-8b-ru-long",
-    )
-    assert all(r["readyEndpoints"] == 2 for r in rows)
 
 
 def test_gateway_config_follows_ready_pods() -> None:
@@ -109,10 +96,3 @@ def test_gateway_config_follows_ready_pods() -> None:
     assert by_name["llama3-8b-ru-short"].fallback_pool == "llama3-8b-ru-long"
     assert cfg.default_pool == "llama3-8b-ru-short"
     assert cfg.tenants[0].pools == ["code-7b"], "pools outside the gateway are dropped from a tenant"
-
-
-def test_ready_endpoints_use_the_container_port() -> None:
-    p = pod("code-7b", "127.1.0.5")
-    p["spec"]["containers"][0]["ports"][0]["containerPort"] = 9000
-    pool = ModelPool.model_validate({**load_example("code-7b"), "metadata": {"name": "code-7b"}})
-    assert ready_endpoints(pool, [p]) == ["http://127.1.0.5:9000"]

@@ -55,19 +55,27 @@ def build_service_account(gw: ModelGateway) -> Manifest:
 
 
 def build_role(gw: ModelGateway) -> Manifest:
-    """Exactly what `tgipool gateway --modelgateway` reads: its gateway, the pools, their pods."""
+    """Exactly what `tgipool gateway --modelgateway` watches: its gateway, the pools, their pods, and
+    its tenants Secret (list and watch by name: `fieldSelector=metadata.name=...`)."""
     rules: list[Manifest] = [
+        {"apiGroups": [GROUP], "resources": ["modelpools"], "verbs": ["list", "watch"]},
         {
             "apiGroups": [GROUP],
-            "resources": ["modelgateways", "modelpools"],
-            "verbs": ["get", "list", "watch"],
+            "resources": ["modelgateways"],
+            "verbs": ["list", "watch"],
+            "resourceNames": [gw.metadata.name],
         },
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     ]
     ref = gw.spec.tenants_secret_ref
     if ref is not None:
         rules.append(
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": [ref.name]}
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "verbs": ["list", "watch"],
+                "resourceNames": [ref.name],
+            }
         )
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",

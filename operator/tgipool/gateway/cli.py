@@ -17,7 +17,9 @@ import sys
 from typing import Any
 
 from tgipool.gateway.app import GatewayServer
+from tgipool.gateway.cluster_source import ClusterSource
 from tgipool.gateway.config import ConfigError, GatewayConfig, load_config
+from tgipool.gateway.kube_watch import RESYNC_SECONDS, KubeApi
 
 log = logging.getLogger("tgipool.gateway")
 
@@ -35,7 +37,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--modelgateway", metavar="NAME", help="follow this ModelGateway, its pools and their ready pods live"
     )
     parser.add_argument("--namespace", "-n", default="default", help="namespace of the ModelGateway")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between cluster syncs")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="with --modelgateway: at most one routing-table rebuild per this many seconds (default 1)",
+    )
+    parser.add_argument(
+        "--resync",
+        type=float,
+        default=RESYNC_SECONDS,
+        help=f"with --modelgateway: seconds between full relists (default {RESYNC_SECONDS:g}; "
+        "changes arrive by watch)",
+    )
     parser.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")  # noqa: S104
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
     parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
@@ -72,28 +86,28 @@ async def serve(config_path: str, config: GatewayConfig, host: str, port: int) -
 
 
 async def serve_cluster(args: argparse.Namespace) -> None:
-    from tgipool.gateway.cluster_source import ClusterSource
-    from tgipool.k8s.client import Kube
-
-    source = ClusterSource(Kube.from_environment("tgipool-gateway"), args.namespace, args.modelgateway)
-    server = GatewayServer(GatewayConfig(), args.host, args.port)
-    await server.start()
-    print(
-        f"tgipool gateway: following ModelGateway {args.namespace}/{args.modelgateway} "
-        f"on {args.host}:{server.port}",
-        file=sys.stderr,
-    )
-    follower = asyncio.create_task(source.follow(server.gateway.apply, args.interval))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        follower.cancel()
-        await server.stop()
+    async with KubeApi.from_environment() as api:
+        source = ClusterSource(api, args.namespace, args.modelgateway, args.resync)
+        server = GatewayServer(GatewayConfig(), args.host, args.port)
+        await server.start()
+        print(
+            f"tgipool gateway: following ModelGateway {args.namespace}/{args.modelgateway} "
+            f"on {args.host}:{server.port}",
+            file=sys.stderr,
+        )
+        follower = asyncio.create_task(source.follow(server.gateway.apply, args.interval))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            await server.stop()
 
 
 def main(args: argparse.Namespace) -> int:

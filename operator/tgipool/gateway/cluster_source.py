@@ -1,9 +1,8 @@
-"""The gateway inside the cluster: its configuration follows a ModelGateway, the ModelPools it
-selects and their ready Pods, live, without a restart.
+"""The gateway inside the cluster: its configuration follows a ModelGateway, the ModelPools it selects,
+their ready Pods and its tenants Secret, live, by watch (`kube_watch.py`), without a restart.
 
-Endpoints come from the pools' Pods (label selector and readiness), as the Gateway API inference
-extension's endpoint picker does, not from Services or EndpointSlices (which refuse the loopback
-pod addresses of the simulated cluster).
+Which pools route where, with which limits and endpoints, is `tgipool.routes` (the operator publishes the
+same rows in the ModelGateway's status).
 """
 
 from __future__ import annotations
@@ -11,81 +10,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import yaml
-from pydantic import ValidationError
 
-from tgipool.api.modelgateway import ModelGateway
-from tgipool.api.modelpool import ModelPool
+from tgipool.api.modelgateway import GATEWAY_PLURAL, ModelGateway, TenantsSecretRef
+from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.desired import names
 from tgipool.gateway.config import ConfigError, GatewayConfig, parse_config
-from tgipool.k8s.client import Kube
+from tgipool.gateway.kube_watch import RESYNC_SECONDS, Informer, KubeApi
 from tgipool.manifest import Manifest
+from tgipool.routes import routes
 
 log = logging.getLogger("tgipool.gateway")
 
 
-def selects(gw: ModelGateway, pool: Manifest) -> bool:
-    labels = pool.get("metadata", {}).get("labels") or {}
-    return all(labels.get(k) == v for k, v in gw.spec.pool_selector.match_labels.items())
-
-
-def ready_endpoints(pool: ModelPool, pods: list[Manifest]) -> list[str]:
-    """URLs of the pool's Ready, not terminating pods, on the TGI container's port."""
-    out = []
-    for pod in pods:
-        meta, status = pod.get("metadata", {}), pod.get("status", {})
-        if (meta.get("labels") or {}).get(names.POOL_LABEL) != pool.name or meta.get("deletionTimestamp"):
-            continue
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
-        )
-        if not ready or not status.get("podIP"):
-            continue
-        port = 8080
-        for c in pod.get("spec", {}).get("containers", []):
-            for p in c.get("ports") or []:
-                if p.get("name") == "http":
-                    port = int(p["containerPort"])
-        out.append(f"http://{status['podIP']}:{port}")
-    return sorted(out)
-
-
 def build_config(
-    gw: ModelGateway, pools: list[Manifest], pods: list[Manifest], tenants: list[Manifest]
+    gw: ModelGateway, pools: Iterable[Manifest], pods: Iterable[Manifest], tenants: list[Manifest]
 ) -> GatewayConfig:
     """PURE: the gateway configuration for a ModelGateway and what the cluster holds now.
 
-    Pools that do not parse are left out (the operator reports them on the pool itself); a
-    fallbackPool or defaultPool that is not in the routing table is dropped rather than failing
+    A defaultPool, or a tenant's pool, that is not in the routing table is dropped rather than failing
     the whole table.
     """
-    parsed: list[ModelPool] = []
-    for raw in pools:
-        if not selects(gw, raw):
-            continue
-        try:
-            parsed.append(ModelPool.model_validate(raw))
-        except ValidationError:
-            continue
-    known = {p.name for p in parsed}
-    entries = []
-    for pool in sorted(parsed, key=lambda p: p.name):
-        lim = pool.limits
-        fallback = pool.spec.routing.fallback_pool
-        entries.append(
-            {
-                "name": pool.name,
-                "servedName": pool.served_name,
-                "maxInputTokens": lim.max_input_tokens,
-                "maxTotalTokens": lim.max_total_tokens,
-                "maxConcurrentRequests": lim.max_concurrent_requests,
-                "priority": pool.spec.routing.priority,
-                "fallbackPool": fallback if fallback in known else None,
-                "endpoints": ready_endpoints(pool, pods),
-            }
-        )
+    table = routes(gw, pools, pods)
+    known = {r.name for r in table}
     allowed = [{**t, "pools": [p for p in t.get("pools", []) if p in known]} for t in tenants]
     default = gw.spec.default_pool if gw.spec.default_pool in known else None
     return parse_config(
@@ -93,47 +42,99 @@ def build_config(
             "defaultPool": default,
             "queueTimeoutSeconds": gw.spec.queue_timeout_seconds,
             "maxQueueLength": gw.spec.max_queue_length,
-            "pools": entries,
+            "pools": table,
             "tenants": allowed,
         },
         source=f"ModelGateway {gw.metadata.namespace}/{gw.metadata.name}",
     )
 
 
+def tenants_in(secret: Manifest | None, ref: TenantsSecretRef) -> list[Manifest]:
+    if secret is None:
+        raise ConfigError(f"Secret {ref.name} not found")
+    data = (secret.get("data") or {}).get(ref.key)
+    if data is None:
+        raise ConfigError(f"Secret {ref.name} has no key {ref.key}")
+    return yaml.safe_load(base64.b64decode(data)) or []
+
+
 class ClusterSource:
-    """Polls the API server and hands each changed configuration to `apply`."""
+    """Watches the API server and hands each changed configuration to `apply`."""
 
-    def __init__(self, kube: Kube, namespace: str, name: str) -> None:
-        self.kube, self.namespace, self.name = kube, namespace, name
+    def __init__(
+        self, api: KubeApi, namespace: str, name: str, resync_seconds: float = RESYNC_SECONDS
+    ) -> None:
+        self.api, self.namespace, self.name = api, namespace, name
+        self.resync_seconds = resync_seconds
         self.current: GatewayConfig | None = None
+        self._changed = asyncio.Event()
+        crd = f"{GROUP}/{VERSION}"
+        self.gateway = self._informer(crd, GATEWAY_PLURAL, fieldSelector=f"metadata.name={name}")
+        self.pools = self._informer(crd, PLURAL)
+        self.pods = self._informer("v1", "pods", labelSelector=f"{names.COMPONENT_LABEL}={names.SERVER}")
+        self.secret: Informer | None = None  # while the ModelGateway names a tenants Secret
+        self.secret_name: str | None = None
+        self._tasks: dict[Informer, asyncio.Task[None]] = {}
 
-    def read(self) -> GatewayConfig:
-        raw = self.kube.get("tgipool.io/v1alpha1", "ModelGateway", self.namespace, self.name)
+    def _informer(self, api_version: str, plural: str, **params: str) -> Informer:
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        path = f"{prefix}/namespaces/{self.namespace}/{plural}"
+        return Informer(self.api, path, params, self._changed.set, self.resync_seconds)
+
+    def _start(self, informer: Informer) -> None:
+        self._tasks[informer] = asyncio.get_running_loop().create_task(informer.run())
+
+    def _follow_secret(self, name: str | None) -> None:
+        """Watch the tenants Secret the ModelGateway names now (only that one: the Role allows no other)."""
+        if name == self.secret_name:
+            return
+        if self.secret is not None:
+            self._tasks.pop(self.secret).cancel()
+            self.secret = None
+        self.secret_name = name
+        if name is not None:
+            self.secret = self._informer("v1", "secrets", fieldSelector=f"metadata.name={name}")
+            self._start(self.secret)
+
+    def _rebuild(self) -> GatewayConfig | None:
+        """The configuration the watched objects make now; None until each informer has listed."""
+        if not (self.gateway.synced and self.pools.synced and self.pods.synced):
+            return None
+        raw = self.gateway.items.get(self.name)
+        if raw is None:
+            raise ConfigError(f"ModelGateway {self.namespace}/{self.name} not found")
         gw = ModelGateway.model_validate(raw)
-        pools = self.kube.list("tgipool.io/v1alpha1", "ModelPool", namespace=self.namespace)
-        selector = f"{names.COMPONENT_LABEL}={names.SERVER}"
-        pods = self.kube.list("v1", "Pod", selector=selector, namespace=self.namespace)
-        tenants: list[Manifest] = []
         ref = gw.spec.tenants_secret_ref
+        self._follow_secret(ref.name if ref else None)
+        tenants: list[Manifest] = []
         if ref is not None:
-            secret = self.kube.get("v1", "Secret", self.namespace, ref.name)
-            data = (secret.get("data") or {}).get(ref.key)
-            if data is None:
-                raise ConfigError(f"Secret {ref.name} has no key {ref.key}")
-            tenants = yaml.safe_load(base64.b64decode(data)) or []
-        return build_config(gw, pools, pods, tenants)
+            assert self.secret is not None
+            if not self.secret.synced:
+                return None
+            tenants = tenants_in(self.secret.items.get(ref.name), ref)
+        return build_config(gw, self.pools.items.values(), self.pods.items.values(), tenants)
 
-    async def follow(self, apply: Any, interval: float) -> None:
-        while True:
-            try:
-                config = await asyncio.to_thread(self.read)
-                if config != self.current:
-                    apply(config)
-                    self.current = config
-                    log.warning(
-                        "routing table: %s",
-                        ", ".join(f"{p.name}({len(p.endpoints)} endpoints)" for p in config.pools) or "empty",
-                    )
-            except Exception as e:  # keep serving the last good table on any error
-                log.error("cannot refresh the routing table, keeping the last one: %s", e)
-            await asyncio.sleep(interval)
+    async def follow(self, apply: Callable[[GatewayConfig], None], interval: float) -> None:
+        """Applies each new configuration: at most one rebuild per `interval` seconds, however many events."""
+        for informer in (self.gateway, self.pools, self.pods):
+            self._start(informer)
+        try:
+            while True:
+                await self._changed.wait()
+                self._changed.clear()
+                try:
+                    config = self._rebuild()
+                    if config is not None and config != self.current:
+                        apply(config)
+                        self.current = config
+                        log.warning(
+                            "routing table: %s",
+                            ", ".join(f"{p.name}({len(p.endpoints)} endpoints)" for p in config.pools)
+                            or "empty",
+                        )
+                except Exception as e:  # keep serving the last good table on any error
+                    log.error("cannot refresh the routing table, keeping the last one: %s", e)
+                await asyncio.sleep(interval)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
