@@ -45,10 +45,11 @@ check-manifests: install ## fail when crds/ differs from the models
 	  || { echo "charts/tgi-pool/files/ is stale: run 'make manifests' and commit"; exit 1; }; done
 	@rm -rf .manifests-check
 
-lint: install ## ruff (lint + format check) and mypy strict
+lint: install ## ruff (lint + format check), mypy strict, and the import contracts between layers
 	$(VENV)/bin/ruff check operator tests bench tools
 	$(VENV)/bin/ruff format --check operator tests bench tools
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 unit: install ## unit tests (pure parts)
 	$(VENV)/bin/pytest -q tests/unit
