@@ -13,6 +13,7 @@ sim_log="$root/.cluster/sim.log"
 gw_pidfile="$root/.cluster/gateway.pid"
 gw_log="$root/.cluster/gateway.log"
 gw_port=${TGIPOOL_DEMO_GATEWAY_PORT:-18080}
+op_metrics_port=${TGIPOOL_DEMO_OPERATOR_METRICS_PORT:-18081}
 
 stop_pid() {
   if [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; then
@@ -40,8 +41,14 @@ kubectl wait --for=condition=Established crd/modelpools.tgipool.io --timeout=60s
 step "operator (log: $log)"
 stop_operator
 mkdir -p "$(dirname "$log")"
-nohup .venv/bin/tgipool run --json-logs >"$log" 2>&1 &
+prom_url=$(cat .cluster/prometheus-url)
+# Short metrics window and rounds, so the demo's burst shows within a minute (defaults: 2m, 15s).
+nohup .venv/bin/tgipool run --json-logs --prometheus-url "$prom_url" --metrics-window 30s \
+  --metrics-interval 5 --metrics-port "$op_metrics_port" >"$log" 2>&1 &
 echo $! >"$pidfile"
+# The operator's per-pool gauges (objective, replicas, max, GPU cost) feed the alerts.
+printf '[{"targets": ["127.0.0.1:%s"], "labels": {"job": "tgipool-operator"}}]\n' "$op_metrics_port" \
+  >.cluster/prometheus/targets/operator.json
 step "data plane: an emulated TGI on every pool pod's address (log: $sim_log)"
 nohup .venv/bin/tgipool sim >"$sim_log" 2>&1 &
 echo $! >"$sim_pidfile"
@@ -63,6 +70,9 @@ step "the gateway (ModelGateway main), run here as its pod would run it (log: $g
 nohup .venv/bin/tgipool gateway --modelgateway main --namespace default --host 127.0.0.1 \
   --port "$gw_port" --log-level INFO >"$gw_log" 2>&1 &
 echo $! >"$gw_pidfile"
+# The gateway runs as a process here: tell Prometheus where to scrape it (file discovery).
+printf '[{"targets": ["127.0.0.1:%s"], "labels": {"job": "tgipool-gateway", "namespace": "default"}}]\n' \
+  "$gw_port" >.cluster/prometheus/targets/gateway.json
 kubectl get modelgateway main -o wide
 step "requests through the gateway, answered by emulated pods (tgipool sim)"
 ask() {  # model, prompt words, max_new_tokens
@@ -82,11 +92,24 @@ ask() {  # model, prompt words, max_new_tokens
 ask llama3-8b-ru "hello" 5
 ask llama3-8b-ru "context" 3000
 ask code-7b "def" 5
+step "a burst of load on llama3-8b-ru-short through the gateway (the metrics loop: Prometheus -> adapter -> HPA)"
+.venv/bin/python tools/demo_load.py --url "http://127.0.0.1:$gw_port/generate" --model llama3-8b-ru \
+  --clients 96 --seconds 45 --max-new-tokens 120
+for i in $(seq 1 30); do  # the HPA acts within a few 5 s rounds of the controller
+  [[ "$(kubectl get deploy llama3-8b-ru-short -o jsonpath='{.spec.replicas}')" -gt 2 ]] && break
+  sleep 2
+done
+step "kubectl get modelpools (P95 from Prometheus)"
+kubectl get modelpools
+step "kubectl get hpa (real values from the custom metrics API; scaled above replicas.min by the burst)"
+kubectl get hpa
 cat <<TXT
 
 Look further:
   export KUBECONFIG=$KUBECONFIG PATH=$(tools/build.sh --print-bin):\$PATH
-  kubectl describe modelpool llama3-8b-ru-short      # conditions, events
+  kubectl describe modelpool llama3-8b-ru-short      # conditions (SLOMet), live metrics, events
+  kubectl get --raw /apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/tgi_queue_size
+  curl '$prom_url/api/v1/query?query=tgipool:request_latency_ms:p95'   # Prometheus
   kubectl get deploy,svc,pvc,job,hpa,pdb,pods -l app.kubernetes.io/managed-by=tgipool
   .venv/bin/tgipool render -f examples/               # what the operator applies, as YAML
   tail -f $log   # operator log (JSON)

@@ -50,7 +50,10 @@ def crds() -> None:
 
 @pytest.fixture(scope="session")
 def operator(crds: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    op = Operator(tmp_path_factory.mktemp("operator"))
+    # On the local cluster the operator reads its Prometheus (short window and rounds: fast tests).
+    url = ROOT / ".cluster/prometheus-url"
+    args = ["--prometheus-url", url.read_text().strip(), "--metrics-window", "30s", "--metrics-interval", "3"]
+    op = Operator(tmp_path_factory.mktemp("operator"), args if url.exists() else [])
     op.start()
     op.wait_log(r"Starting|started|Resuming|watching", timeout=60)
     yield op
