@@ -112,11 +112,11 @@ def test_gateway_clears_its_default_pool_when_the_pool_leaves() -> None:
     writer = Writer(kube)  # type: ignore[arg-type]
     gw = created(kube, gateway_doc())
     default = gw["spec"]["defaultPool"]
-    run(lambda: reconcile_gateway(gw, [ready_pool(default)], {}, writer, LOG))
+    run(lambda: reconcile_gateway(gw, [ready_pool(default)], {}, writer, LOG, pods=[]))
     assert kube.objects[("ModelGateway", "ml", "main")]["status"]["defaultPool"] == default
 
     # The watch's copy still holds the old status; the pool is gone from the index.
-    run(lambda: reconcile_gateway(gw, [], {}, writer, LOG))
+    run(lambda: reconcile_gateway(gw, [], {}, writer, LOG, pods=[]))
     assert kube.last_status_patch.get("defaultPool", "kept") is None
     status = kube.objects[("ModelGateway", "ml", "main")]["status"]
     assert "defaultPool" not in status and status["routedPools"] == 0
@@ -127,7 +127,7 @@ def test_unchanged_gateway_makes_no_writes_and_reads_unwatched_children_once() -
     writer = Writer(kube)  # type: ignore[arg-type]
     gw = created(kube, gateway_doc())
     pools = [ready_pool("llama3-8b-ru-short")]
-    run(lambda: reconcile_gateway(gw, pools, {}, writer, LOG))
+    run(lambda: reconcile_gateway(gw, pools, {}, writer, LOG, pods=[]))
     assert len(kube.writes()) == 7, "six children and the status"
     assert sorted(r for r in kube.requests if r[0] == "get") == [
         ("get", "Role/main-gateway"),
@@ -136,7 +136,7 @@ def test_unchanged_gateway_makes_no_writes_and_reads_unwatched_children_once() -
     ]
     before = len(kube.requests)
     # Watch lag: neither the children nor the new status have reached the caches yet.
-    run(lambda: reconcile_gateway(gw, pools, {}, writer, LOG))
+    run(lambda: reconcile_gateway(gw, pools, {}, writer, LOG, pods=[]))
     assert kube.requests[before:] == []
 
 
@@ -163,7 +163,7 @@ def test_a_refused_write_is_a_condition_and_a_permanent_error() -> None:
     writer = Writer(kube)  # type: ignore[arg-type]
     gw = created(kube, gateway_doc())
     with pytest.raises(kopf.PermanentError, match="cannot create resource Role"):
-        run(lambda: reconcile_gateway(gw, [], {}, writer, LOG))
+        run(lambda: reconcile_gateway(gw, [], {}, writer, LOG, pods=[]))
     status = kube.objects[("ModelGateway", "ml", "main")]["status"]
     ready = status["conditions"][0]
     assert (status["phase"], ready["status"], ready["reason"]) == ("Degraded", "False", "ApplyRefused")

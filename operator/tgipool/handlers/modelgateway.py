@@ -14,8 +14,8 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from tgipool.api.modelgateway import GATEWAY_PLURAL, ModelGateway, RoutePool
-from tgipool.api.modelpool import GROUP, PLURAL, VERSION, ModelPool
+from tgipool.api.modelgateway import GATEWAY_PLURAL
+from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.api.parse import describe_validation_error, parse_gateway
 from tgipool.desired.gateway_children import (
     GATEWAY_LABEL,
@@ -28,34 +28,10 @@ from tgipool.handlers.writer import Outcome, Writer, report
 from tgipool.k8s import errors
 from tgipool.k8s.client import ApplyError
 from tgipool.manifest import Manifest
+from tgipool.routes import routes, status_row
 from tgipool.status import gateway_status, invalid_gateway_status, now_rfc3339
 
 WATCHED = {kind for _group, _version, _plural, kind in indexes.GATEWAY_CHILD_KINDS}
-
-
-def routing_table(gw: ModelGateway, pools: list[Manifest]) -> list[Manifest]:
-    """PURE: the pools the gateway selects, as its status shows them."""
-    rows = []
-    for raw in pools:
-        labels = raw.get("metadata", {}).get("labels") or {}
-        if any(labels.get(k) != v for k, v in gw.spec.pool_selector.match_labels.items()):
-            continue
-        try:
-            pool = ModelPool.model_validate(raw)
-        except ValidationError:
-            continue
-        row = {
-            "name": pool.name,
-            "servedName": pool.served_name,
-            "maxInputTokens": pool.limits.max_input_tokens,
-            "maxTotalTokens": pool.limits.max_total_tokens,
-            "priority": pool.spec.routing.priority,
-            "readyEndpoints": int((raw.get("status") or {}).get("readyReplicas") or 0),
-        }
-        if pool.spec.routing.fallback_pool:
-            row["fallbackPool"] = pool.spec.routing.fallback_pool
-        rows.append(row)
-    return sorted(rows, key=lambda r: (r["servedName"], r["maxTotalTokens"], r["name"]))
 
 
 async def _read_once(writer: Writer, manifest: Manifest) -> None:
@@ -78,15 +54,19 @@ async def reconcile_gateway(
     children: Mapping[tuple[str, str], Manifest],
     writer: Writer,
     logger: kopf.Logger,
+    *,
+    pods: list[Manifest],
 ) -> Outcome:
+    """`pods`: the namespace's inference-server Pods, whose readiness makes the routes' endpoints."""
     meta = raw["metadata"]
     async with writer.lock("ModelGateway", meta.get("namespace", ""), meta["name"]):
-        return await _reconcile_gateway(raw, pools, children, writer, logger)
+        return await _reconcile_gateway(raw, pools, pods, children, writer, logger)
 
 
 async def _reconcile_gateway(
     raw: Mapping[str, Any],
     pools: list[Manifest],
+    pods: list[Manifest],
     children: Mapping[tuple[str, str], Manifest],
     writer: Writer,
     logger: kopf.Logger,
@@ -118,13 +98,17 @@ async def _reconcile_gateway(
         deployment=name,
         ready_replicas=int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0),
         endpoint=gateway_endpoint(gw),
-        table=[RoutePool.model_validate(row) for row in routing_table(gw, pools)],
+        table=[status_row(r) for r in routes(gw, pools, pods)],  # exactly the gateway's own table
         default_pool=gw.spec.default_pool,
         refused=errors.refused(out.errors[0]) if out.errors else None,
     )
     await writer.write_status(raw, new, out)
     report(raw, out, logger)
     return out
+
+
+def _server_pods(kwargs: Mapping[str, Any], namespace: str) -> list[Manifest]:
+    return [pod for (ns, _pool), store in kwargs["pods_index"].items() if ns == namespace for pod in store]
 
 
 async def _refresh(
@@ -138,7 +122,12 @@ async def _refresh(
     key = (namespace, raw["metadata"]["name"])
     try:
         await reconcile_gateway(
-            raw, indexes.pools_in(kwargs, namespace), indexes.gateway_children(kwargs, key), writer, logger
+            raw,
+            indexes.pools_in(kwargs, namespace),
+            indexes.gateway_children(kwargs, key),
+            writer,
+            logger,
+            pods=_server_pods(kwargs, namespace),
         )
     except (kopf.PermanentError, kopf.TemporaryError) as e:
         logger.info("reconcile of gateway %s/%s: %s", *key, e)
@@ -153,7 +142,12 @@ async def gateway_changed(
     key = (namespace or "", name)
     children = indexes.gateway_children(kwargs, key)
     await reconcile_gateway(
-        indexes.slim(body), indexes.pools_in(kwargs, key[0]), children, memo.writer, logger
+        indexes.slim(body),
+        indexes.pools_in(kwargs, key[0]),
+        children,
+        memo.writer,
+        logger,
+        pods=_server_pods(kwargs, key[0]),
     )
 
 
