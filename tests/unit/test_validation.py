@@ -113,6 +113,18 @@ CASES = [
         ["autoscaling", "queuePerReplica"],
     ),
     (
+        "activation hold at least 1 s",
+        {"tier": "warm", "replicas": {"min": 0}, "activation": {"holdSeconds": 1}},
+        {"tier": "warm", "replicas": {"min": 0}, "activation": {"holdSeconds": 0}},
+        ["activation", "holdSeconds"],
+    ),
+    (
+        "activation idle at least 10 s",
+        {"tier": "cold", "replicas": {"min": 0}, "activation": {"idleAfterSeconds": 10}},
+        {"tier": "cold", "replicas": {"min": 0}, "activation": {"idleAfterSeconds": 5}},
+        ["activation", "idleAfterSeconds"],
+    ),
+    (
         "unknown field",
         {"gpu": {"product": "NVIDIA-L4"}},
         {"gpu": {"prodcut": "NVIDIA-L4"}},
@@ -230,3 +242,12 @@ def test_crd_is_structural() -> None:
         "P95",
         "Age",
     ]
+
+
+def test_activation_defaults_follow_the_tier(short_pool: dict[str, Any]) -> None:
+    warm = validate(with_spec(short_pool, tier="warm", replicas={"min": 0, "max": 2}))
+    cold = validate(with_spec(short_pool, tier="cold", replicas={"min": 0}, activation={"holdSeconds": 42}))
+    assert warm.activation is not None and cold.activation is not None
+    assert (warm.activation.idle_after_seconds, warm.activation.hold_seconds) == (900, 600)
+    assert (cold.activation.hold_seconds, cold.activation.max_pending_requests) == (42, 100)
+    assert validate(short_pool).activation is None  # hot pools never sleep

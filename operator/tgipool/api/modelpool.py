@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 
 from tgipool.api import rules
 from tgipool.api.profiles import EffectiveLimits, default_slo_p95_ms, effective_limits
+from tgipool.api.tiers import EffectiveActivation, effective_activation
 
 GROUP = "tgipool.io"
 VERSION = "v1alpha1"
@@ -195,7 +196,8 @@ class Autoscaling(Spec):
         default=None,
         ge=1,
         le=3_600_000,
-        description="HPA target for the pool's p95 latency (ms); default: the SLO's (slo.p95LatencyMs or the profile's).",
+        description="HPA target for the pool's p95 latency (ms); default: the objective "
+        "(slo.p95LatencyMs, else the profile's).",
     )
     scale_on_latency: bool = Field(
         default=True, description="Also scale on p95 latency, not only on TGI's queue per replica."
@@ -228,6 +230,30 @@ class Slo(Spec):
         le=3_600_000,
         description="p95 end-to-end latency objective (ms) for SLOMet; default by profile: short 3000, "
         "balanced 10000, long 30000.",
+    )
+
+
+class Activation(Spec):
+    """How a warm or cold pool at rest wakes on demand and goes back to rest (ignored for hot)."""
+
+    idle_after_seconds: int | None = Field(
+        default=None,
+        ge=10,
+        le=604_800,
+        description="Back to rest after this long without requests (default 900 for warm and cold).",
+    )
+    hold_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=3600,
+        description="How long the gateway holds a request while the pool wakes, then 503 with Retry-After "
+        "(default: warm 600, cold 1800).",
+    )
+    max_pending_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Requests held at once while the pool wakes; more get 503 (default 100).",
     )
 
 
@@ -267,6 +293,7 @@ class ModelPoolSpec(Spec):
     cache: Cache = Field(default_factory=Cache)
     routing: Routing = Field(default_factory=Routing)
     slo: Slo = Field(default_factory=Slo)
+    activation: Activation = Field(default_factory=Activation)
     pod_template: PodTemplate = Field(default_factory=PodTemplate)
 
     @model_validator(mode="after")
@@ -330,6 +357,11 @@ class ModelPool(BaseModel):
         return effective_limits(self.spec.profile, self.spec.limits)
 
     @property
+    def activation(self) -> EffectiveActivation | None:
+        """Wake and rest settings with the tier's defaults; None for hot pools."""
+        return effective_activation(self.spec.tier, self.spec.activation)
+
+    @property
     def slo_p95_ms(self) -> int:
         """The p95 objective: the spec's, else the profile's."""
         return self.spec.slo.p95_latency_ms or default_slo_p95_ms(self.spec.profile)
@@ -377,11 +409,22 @@ class MetricsStatus(Status):
     observed_at: str | None = Field(default=None, description="When these values were read and last changed.")
 
 
+class ActivationStatus(Status):
+    """The last wake of a warm or cold pool, from the demand Lease, Job and Pod timestamps."""
+
+    requested_at: str | None = Field(default=None, description="First demand of the wake (RFC 3339).")
+    ready_at: str | None = Field(default=None, description="First replica Ready.")
+    seconds: float | None = Field(default=None, description="requestedAt to readyAt.")
+    scheduling_seconds: float | None = Field(default=None, description="Demand to a pod bound to a node.")
+    weights_seconds: float | None = Field(default=None, description="The prefetch Job (cold pools).")
+    loading_seconds: float | None = Field(default=None, description="Pod running to Ready (weights to GPU).")
+
+
 class ModelPoolStatus(Status):
     observed_generation: int | None = None
     phase: str | None = Field(
         default=None,
-        description="Pending, FetchingWeights, Progressing, Ready, Degraded, Standby, Cold, Invalid.",
+        description="Pending, FetchingWeights, Progressing, Ready, Degraded, Standby, Waking, Cold, Invalid.",
     )
     replicas: int | None = Field(default=None, description="Pods of the pool's Deployment.")
     ready_replicas: int | None = None
@@ -392,3 +435,4 @@ class ModelPoolStatus(Status):
     conditions: list[Condition] = Field(default_factory=list)
     capacity: CapacityStatus | None = None
     metrics: MetricsStatus | None = None
+    last_activation: ActivationStatus | None = None
