@@ -68,7 +68,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import tgipool.handlers.modelgateway
     import tgipool.handlers.pool  # noqa: F401  registers the handlers
+    from tgipool.options import RunOptions
 
+    if args.metrics_interval <= 0:
+        raise SystemExit("--metrics-interval must be above 0 seconds")
+    options = RunOptions(
+        prometheus_url=args.prometheus_url,
+        metrics_window=args.metrics_window,
+        metrics_interval=args.metrics_interval,
+        metrics_port=args.metrics_port,
+    )
     kopf.configure(
         verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.FULL
     )
@@ -83,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             # priorities all replicas would stand by. A random one makes exactly one active.
             priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),  # noqa: S311  not a secret
             liveness_endpoint=args.liveness,
+            memo=kopf.Memo(options=options),
         )
     )
     return 0
@@ -107,6 +117,24 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--priority", type=int, help="peering priority (default: random); the highest is active")
     run.add_argument(
         "--liveness", metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    run.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        help="Prometheus to read each pool's live p95, throughput, queue, errors and cost from "
+        "(status.metrics, SLOMet); without it SLOMet is Unknown",
+    )
+    run.add_argument(
+        "--metrics-window", default="2m", help="rate window of those readings, a Prometheus duration (2m)"
+    )
+    run.add_argument(
+        "--metrics-interval", type=float, default=15.0, help="seconds between rounds of the metrics loop (15)"
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve the operator's per-pool gauges (for the alerts) on this port at /metrics; 0: off",
     )
     run.add_argument("--json-logs", action="store_true", help="structured JSON logs")
     run.add_argument("--verbose", "-v", action="store_true", help="debug logs")

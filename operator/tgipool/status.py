@@ -15,12 +15,13 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from tgipool.api.modelgateway import ModelGatewayStatus, RoutePool
-from tgipool.api.modelpool import Condition, ModelPool, ModelPoolStatus
+from tgipool.api.modelpool import Condition, MetricsStatus, ModelPool, ModelPoolStatus
 from tgipool.config import OperatorConfig
 from tgipool.desired import names
 from tgipool.desired.cache import needs_fetch
 from tgipool.desired.service import endpoint
 from tgipool.manifest import Manifest
+from tgipool.monitoring.readings import Reading, metrics_status, slo_verdict
 from tgipool.planner import Assessment
 
 
@@ -157,6 +158,21 @@ def pod_problem(pool: ModelPool, pods: list[Manifest]) -> Verdict | None:
     return None
 
 
+def live_status(
+    pool: ModelPool, reading: Reading, replicas: int, previous: Mapping[str, Any] | None
+) -> tuple[MetricsStatus | None, Verdict]:
+    """`status.metrics` and SLOMet from the metrics loop's last round. While Prometheus cannot be
+    read, the last numbers stay (their observedAt says how old they are) and only SLOMet changes."""
+    values = reading.of(pool.namespace, pool.name)
+    slo = slo_verdict(values, pool.slo_p95_ms, reading.error)
+    verdict = Verdict(slo.status, slo.reason, slo.message)
+    if reading.error is not None:
+        return (MetricsStatus.model_validate(previous) if previous else None), verdict
+    gpus = replicas * pool.spec.engine.num_shard
+    metrics = metrics_status(values, gpus, pool.spec.gpu.hourly_price, reading.observed_at, previous)
+    return (MetricsStatus.model_validate(metrics) if metrics else None), verdict
+
+
 def compute_status(
     pool: ModelPool,
     observed: Observed,
@@ -165,6 +181,8 @@ def compute_status(
     previous: Sequence[Mapping[str, Any]],
     now: str,
     refused: Refused | None = None,
+    reading: Reading | None = None,
+    previous_metrics: Mapping[str, Any] | None = None,
 ) -> ModelPoolStatus:
     gen = pool.metadata.generation
     capacity, weights = gating.capacity, gating.weights
@@ -241,6 +259,17 @@ def compute_status(
         phase = "Progressing"
 
     feasible = Verdict(capacity.status, capacity.reason, capacity.message)
+    verdicts = [
+        ("Ready", ready_v),
+        ("Progressing", progressing),
+        ("Degraded", degraded),
+        ("WeightsCached", weights),
+        ("CapacityFeasible", feasible),
+    ]
+    metrics = None
+    if reading is not None:
+        metrics, slo = live_status(pool, reading, replicas, previous_metrics)
+        verdicts.append(("SLOMet", slo))
     return ModelPoolStatus(
         observed_generation=gen,
         phase=phase,
@@ -250,17 +279,9 @@ def compute_status(
         selector=names.selector_string(pool),
         endpoint=endpoint(pool, cfg),
         served_name=pool.served_name,
-        conditions=[
-            set_condition(previous, ctype, verdict, gen, now)
-            for ctype, verdict in (
-                ("Ready", ready_v),
-                ("Progressing", progressing),
-                ("Degraded", degraded),
-                ("WeightsCached", weights),
-                ("CapacityFeasible", feasible),
-            )
-        ],
+        conditions=[set_condition(previous, ctype, verdict, gen, now) for ctype, verdict in verdicts],
         capacity=capacity.capacity_status(),
+        metrics=metrics,
     )
 
 

@@ -12,9 +12,17 @@ from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import names
 from tgipool.handlers import indexes
+from tgipool.handlers.live_metrics import LiveMetrics, PoolGauges
 from tgipool.handlers.reconcile import reconcile
 from tgipool.handlers.writer import Writer
 from tgipool.k8s.client import Kube
+from tgipool.monitoring.reader import PrometheusReader
+from tgipool.monitoring.readings import Reading
+from tgipool.options import RunOptions
+
+# How often each pool's timer looks for a new round of the metrics loop (the loop's own interval is
+# --metrics-interval); a timer with nothing new returns at once.
+TIMER_SECONDS = 3.0
 
 
 @kopf.on.startup()
@@ -35,6 +43,30 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 60
     memo.cfg = DEFAULT_CONFIG
     memo.writer = Writer(Kube.from_environment(field_manager=memo.cfg.field_manager))
+    opts: RunOptions = getattr(memo, "options", None) or RunOptions()
+    reader = PrometheusReader(opts.prometheus_url, opts.metrics_window) if opts.prometheus_url else None
+    memo.live = LiveMetrics(reader, opts.metrics_interval)
+    memo.live.start()
+    memo.gauges = PoolGauges()
+    memo.folded = {}  # pool key -> the metrics round its status last folded in
+    if opts.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(opts.metrics_port, addr=opts.metrics_address, registry=memo.gauges.registry)
+
+
+@kopf.on.cleanup()
+async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
+    await memo.live.stop()
+
+
+async def _reconcile(
+    raw: Mapping[str, Any], snap: indexes.Snapshot, memo: kopf.Memo, logger: kopf.Logger, reading: Reading
+) -> None:
+    out = await reconcile(raw, snap, memo.writer, memo.cfg, logger, reading)
+    if out.pool is not None:
+        # The operator's per-pool gauges follow what this reconcile saw (for the alerts).
+        memo.gauges.set(out.pool, out.replicas)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -44,7 +76,29 @@ async def pool_changed(
     body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     snap = indexes.snapshot(kwargs, (namespace or "", name))
-    await reconcile(indexes.slim(body), snap, memo.writer, memo.cfg, logger)
+    await _reconcile(indexes.slim(body), snap, memo, logger, memo.live.reading)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
+async def pool_timer(
+    body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    """Folds each new round of the metrics loop into the pool's status (written only on change)."""
+    key = (namespace or "", name)
+    reading = memo.live.reading
+    if memo.folded.get(key) is reading or body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    memo.folded[key] = reading
+    try:
+        await _reconcile(indexes.slim(body), indexes.snapshot(kwargs, key), memo, logger, reading)
+    except (kopf.PermanentError, kopf.TemporaryError) as e:
+        logger.debug("metrics round for %s/%s: %s", *key, e)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+async def pool_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.gauges.forget(namespace or "", name)
+    memo.folded.pop((namespace or "", name), None)
 
 
 async def child_changed(
@@ -67,7 +121,7 @@ async def child_changed(
     if pool["metadata"].get("deletionTimestamp"):
         return
     try:
-        await reconcile(pool, indexes.snapshot(kwargs, key), memo.writer, memo.cfg, logger)
+        await _reconcile(pool, indexes.snapshot(kwargs, key), memo, logger, memo.live.reading)
     except (kopf.PermanentError, kopf.TemporaryError) as e:
         # The pool's own handler retries; a child event only refreshes.
         logger.info("reconcile of %s/%s from a child event: %s", *key, e)

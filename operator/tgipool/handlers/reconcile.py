@@ -15,20 +15,32 @@ from tgipool.desired import build_children, names
 from tgipool.handlers.indexes import Snapshot
 from tgipool.handlers.writer import Outcome, Writer, event_target, report
 from tgipool.k8s import errors
+from tgipool.monitoring.readings import Reading
 from tgipool.planner import assess
 from tgipool.status import compute_status, gate, invalid_status, now_rfc3339
 
 
 async def reconcile(
-    raw: Mapping[str, Any], snap: Snapshot, writer: Writer, cfg: OperatorConfig, logger: kopf.Logger
+    raw: Mapping[str, Any],
+    snap: Snapshot,
+    writer: Writer,
+    cfg: OperatorConfig,
+    logger: kopf.Logger,
+    reading: Reading | None = None,
 ) -> Outcome:
+    """`reading`: the metrics loop's last round (None when the operator runs without the loop)."""
     meta = raw["metadata"]
     async with writer.lock("ModelPool", meta.get("namespace", ""), meta["name"]):
-        return await _reconcile(raw, snap, writer, cfg, logger)
+        return await _reconcile(raw, snap, writer, cfg, logger, reading)
 
 
 async def _reconcile(
-    raw: Mapping[str, Any], snap: Snapshot, writer: Writer, cfg: OperatorConfig, logger: kopf.Logger
+    raw: Mapping[str, Any],
+    snap: Snapshot,
+    writer: Writer,
+    cfg: OperatorConfig,
+    logger: kopf.Logger,
+    reading: Reading | None,
 ) -> Outcome:
     out = Outcome()
     meta = raw["metadata"]
@@ -63,8 +75,12 @@ async def _reconcile(
             await writer.delete(child, out)
 
     refused = errors.refused(out.errors[0]) if out.errors else None
-    new = compute_status(pool, snap.observed(pool.name), gating, cfg, previous, now_rfc3339(), refused)
+    metrics = (current.get("status") or {}).get("metrics")
+    new = compute_status(
+        pool, snap.observed(pool.name), gating, cfg, previous, now_rfc3339(), refused, reading, metrics
+    )
     await writer.write_status(raw, new, out)
+    out.pool, out.replicas = pool, new.replicas or 0
     if gating.refused and out.status_written:
         kopf.warn(event_target(raw), reason=gating.capacity.reason, message=gating.capacity.message)
     report(raw, out, logger)

@@ -16,6 +16,7 @@ from typing import Any, cast
 import kopf
 from pydantic import BaseModel
 
+from tgipool.api.modelpool import ModelPool
 from tgipool.handlers.indexes import slim
 from tgipool.k8s import errors
 from tgipool.k8s.client import ApplyError, Kube
@@ -58,6 +59,9 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     status_written: bool = False
     errors: list[ApplyError] = field(default_factory=list)
+    # A pool's reconcile: the parsed pool and its Deployment's replicas (for the operator's gauges).
+    pool: ModelPool | None = None
+    replicas: int = 0
 
     @property
     def writes(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 PoolKey = tuple[str, str]
 
@@ -76,7 +76,7 @@ def metrics_status(
 
 @dataclass(frozen=True)
 class SloVerdict:
-    status: str
+    status: Literal["True", "False", "Unknown"]
     reason: str
     message: str
 
