@@ -138,3 +138,4 @@ class ClusterSource:
         finally:
             for task in self._tasks.values():
                 task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)

@@ -166,7 +166,11 @@ class Informer:
                 backoff = 0.0
                 resync_at = loop.time() + self.resync_seconds
                 while (left := resync_at - loop.time()) > 0:
-                    version = await self._watch(version, max(1, min(self.watch_seconds, round(left))))
+                    seconds = max(1, min(self.watch_seconds, round(left)))
+                    started = loop.time()
+                    version = await self._watch(version, seconds)
+                    if loop.time() - started < seconds / 2:  # the server keeps a watch open `seconds`
+                        raise ApiError(0, "the watch ended early")
             except GoneError:
                 log.info("%s: resourceVersion too old, listing again", self.path)
             except Exception as exc:  # whatever broke, back off and list again; never stop following

@@ -34,7 +34,7 @@ class FakeApiServer:
         self.objects: dict[str, dict[str, dict[str, Any]]] = {}
         self.history: list[tuple[int, str, str, dict[str, Any]]] = []  # (version, path, type, object)
         self.requests: list[tuple[str, str]] = []  # (LIST | WATCH, path)
-        self.failures: list[int | str] = []  # the next requests fail: an HTTP status, or "gone"
+        self.failures: list[int | str] = []  # the next requests fail: an HTTP status, "gone" or "early"
         self.changed = asyncio.Condition()
         self.app = web.Application()
         self.app.router.add_get("/{tail:.*}", self.handle)
@@ -78,6 +78,8 @@ class FakeApiServer:
         since = int(request.query["resourceVersion"])
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
+        if failure == "early":  # a proxy cutting the stream: no event, no error
+            return resp
         if failure == "gone":  # how the API server says the version was compacted away
             gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}
             await resp.write(json.dumps(gone).encode() + b"\n")
@@ -251,6 +253,9 @@ async def _rewatches() -> None:
             await fake.put(PODS, pod("p", "10.0.0.1"), "DELETED")
             await until("a relist after an error", lambda: fake.count("LIST", PODS) == 3, timeout=3)
             await until("the deleted pod", lambda: set(informer.items) == {"p-10.0.0.2"})
+            fake.failures.append("early")  # a watch cut short is a failure too, not a reason to spin
+            await until("a relist after a cut watch", lambda: fake.count("LIST", PODS) == 4, timeout=3)
+            assert fake.count("WATCH", PODS) < 12
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
