@@ -75,7 +75,9 @@ class KubeApi:
                 context = ssl.create_default_context()
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
             context.load_cert_chain(conf.cert_file, conf.key_file)
-        return cls(conf.host, context, lambda: conf.get_api_key_with_prefix("authorization"))
+        return cls(
+            conf.host, context, lambda: conf.get_api_key_with_prefix("BearerToken", alias="authorization")
+        )
 
     async def __aenter__(self) -> KubeApi:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ class FakeApiServer:
         self.objects: dict[str, dict[str, dict[str, Any]]] = {}
         self.history: list[tuple[int, str, str, dict[str, Any]]] = []  # (version, path, type, object)
         self.requests: list[tuple[str, str]] = []  # (LIST | WATCH, path)
+        self.tokens: set[str | None] = set()
         self.failures: list[int | str] = []  # the next requests fail: an HTTP status, "gone" or "early"
         self.changed = asyncio.Condition()
         self.app = web.Application()
@@ -67,6 +69,7 @@ class FakeApiServer:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         watch = request.query.get("watch") == "1"
         self.requests.append(("WATCH" if watch else "LIST", request.path))
+        self.tokens.add(request.headers.get("Authorization"))
         failure = self.failures.pop(0) if self.failures else None
         if isinstance(failure, int):
             return web.json_response({"message": "injected"}, status=failure)
@@ -105,14 +108,16 @@ class FakeApiServer:
 
 
 @contextlib.asynccontextmanager
-async def serving() -> AsyncIterator[tuple[FakeApiServer, KubeApi]]:
+async def serving(
+    api_for: Callable[[str], KubeApi] = KubeApi,
+) -> AsyncIterator[tuple[FakeApiServer, KubeApi]]:
     fake = FakeApiServer()
     runner = web.AppRunner(fake.app, handler_cancellation=True)  # a client gone ends its watch
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    async with KubeApi(f"http://127.0.0.1:{port}") as api:
+    async with api_for(f"http://127.0.0.1:{port}") as api:
         yield fake, api
     await runner.cleanup()
 
@@ -274,3 +279,27 @@ async def _resyncs() -> None:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def test_credentials_come_from_the_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    def from_kubeconfig(server: str) -> KubeApi:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": server}}],
+            "users": [{"name": "u", "user": {"token": "sa-token-123"}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        return KubeApi.from_environment()
+
+    async def scenario() -> None:
+        async with serving(from_kubeconfig) as (fake, api):
+            assert await api.list(PODS, {}) == ([], "1")
+            assert fake.tokens == {"Bearer sa-token-123"}
+
+    asyncio.run(scenario())
