@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from kubernetes.config import kube_config
 
 from tgipool.gateway import kube_watch
 from tgipool.gateway.cluster_source import ClusterSource
@@ -294,7 +295,8 @@ def test_credentials_come_from_the_kubeconfig(tmp_path: Path, monkeypatch: pytes
             "current-context": "x",
         }
         (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
-        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        # kubernetes reads $KUBECONFIG once, when first imported
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
         return KubeApi.from_environment()
 
     async def scenario() -> None:
