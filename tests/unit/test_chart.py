@@ -55,7 +55,7 @@ EXPECTED_RULES = {
     ("rbac.authorization.k8s.io", "roles"): {"get", "create", "patch"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "patch"},
     ("", "pods"): {"list", "watch"},
-    ("", "secrets"): {"get"},
+    ("", "secrets"): {"list", "watch"},
     ("", "events"): {"create"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }

@@ -81,8 +81,8 @@ wildcard, no escalate/bind/impersonate.
 - gateway children (ServiceAccount, Role, RoleBinding, Deployment, Service, HPA): read one by one
   (get) and written with server-side apply (create, patch).
 - pods: list, watch (readiness of a pool's servers).
-- secrets: get, only because the gateway's Role grants get on its tenants Secret (see above); the
-  operator itself reads no Secret.
+- secrets: list, watch, only because the gateway's Role grants them on its tenants Secret (the gateway
+  watches it by name; RBAC only lets the operator grant what it holds); the operator reads no Secret.
 - events: create (the operator's and kopf's Events).
 */}}
 {{- define "tgi-pool.namespacedRules" -}}
@@ -126,7 +126,7 @@ wildcard, no escalate/bind/impersonate.
   verbs: [list, watch]
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
