@@ -89,7 +89,9 @@ class KubeApi:
 
     def _headers(self) -> dict[str, str]:
         token = self._token()
-        return {"Accept": "application/json", **({"Authorization": token} if token else {})}
+        # The user agent names the gateway in the API server's audit log and request metrics.
+        headers = {"Accept": "application/json", "User-Agent": "tgipool-gateway"}
+        return {**headers, "Authorization": token} if token else headers
 
     @staticmethod
     async def _check(resp: aiohttp.ClientResponse) -> None:
