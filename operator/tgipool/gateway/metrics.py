@@ -11,6 +11,8 @@
 | `tgipool_gateway_queue_depth` | pool | requests waiting in a saturated pool's queue |
 | `tgipool_gateway_queue_wait_seconds` | pool | time spent queued, for requests that queued |
 | `tgipool_gateway_upstream_seconds` | pool | from sending to the endpoint to the last byte received from it |
+| `tgipool_gateway_ttft_seconds` | pool | time to first token: arrival to the first streamed event sent (streams only) |
+| `tgipool_gateway_request_seconds` | pool | end to end: arrival to the last byte sent (buckets up to 30 min) |
 | `tgipool_gateway_added_latency_seconds` | pool | gateway overhead: total time minus upstream time |
 
 Rejection reasons: unauthorized, forbidden, unknown_model, bad_request, too_long, rate_limited, overloaded
@@ -37,6 +39,8 @@ _OVERHEAD_BUCKETS = (
     1.0,
 )
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# What TGI does not measure: its duration buckets end at 145.6 s, long generations run for minutes.
+_REQUEST_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300, 600, 1200, 1800)
 
 
 class GatewayMetrics:
@@ -63,6 +67,20 @@ class GatewayMetrics:
             "Upstream time per request.",
             ["pool"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            p + "ttft_seconds",
+            "Time to first token: from the request's arrival to the first streamed event sent back.",
+            ["pool"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            p + "request_seconds",
+            "End-to-end latency: from the request's arrival to the last byte of the answer.",
+            ["pool"],
+            buckets=_REQUEST_BUCKETS,
             registry=r,
         )
         self.added = Histogram(

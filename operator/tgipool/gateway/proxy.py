@@ -126,7 +126,7 @@ async def forward(
             continue
         try:
             if is_stream and status < 500:
-                return await _stream(gw, request, upstream, first, used.name)
+                return await _stream(gw, request, upstream, first, used.name, t0)
             payload = await upstream.read() if status != 502 or not is_stream else b""
             if status == 502 and is_stream:
                 return gw.reject(
@@ -148,17 +148,19 @@ async def forward(
             table.release(ep, tokens)
             gw.child(m.upstream, used.name).observe(upstream_time)
             gw.child(m.added, used.name).observe(max(0.0, end - t0 - upstream_time - queued))
+            gw.child(m.request_seconds, used.name).observe(end - t0)
             gw.done(route, status)
 
 
 async def _stream(
-    gw: Gateway, request: web.Request, upstream: aiohttp.ClientResponse, first: bytes, pool: str
+    gw: Gateway, request: web.Request, upstream: aiohttp.ClientResponse, first: bytes, pool: str, t0: float
 ) -> web.StreamResponse:
     resp = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream, pool))
     await resp.prepare(request)
     try:
         if first:
             await resp.write(first)
+            gw.child(gw.metrics.ttft, pool).observe(time.perf_counter() - t0)
         try:
             async for chunk in upstream.content.iter_any():
                 await resp.write(chunk)
