@@ -12,7 +12,7 @@
 | `tgipool_gateway_queue_wait_seconds` | pool | time spent queued, for requests that queued |
 | `tgipool_gateway_upstream_seconds` | pool | from sending to the endpoint to the last byte received from it |
 | `tgipool_gateway_ttft_seconds` | pool | time to first token: arrival to the first event sent (streams) |
-| `tgipool_gateway_request_seconds` | pool | end to end: arrival to the last byte sent (buckets up to 30 min) |
+| `tgipool_gateway_request_seconds` | pool | end to end: arrival to the last byte sent (up to 30 min) |
 | `tgipool_gateway_added_latency_seconds` | pool | gateway overhead: total time minus upstream time |
 
 Rejection reasons: unauthorized, forbidden, unknown_model, bad_request, too_long, rate_limited, overloaded
