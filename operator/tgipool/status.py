@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from tgipool.api.modelgateway import ModelGatewayStatus, RoutePool
-from tgipool.api.modelpool import Condition, MetricsStatus, ModelPool, ModelPoolStatus
+from tgipool.api.modelpool import ActivationStatus, Condition, MetricsStatus, ModelPool, ModelPoolStatus
 from tgipool.config import OperatorConfig
 from tgipool.desired import names
 from tgipool.desired.cache import needs_fetch
@@ -56,15 +56,20 @@ class Gating:
     capacity: Assessment
     # GPUs are asked for only once the weights are cached and the planner does not refuse them.
     deploy: bool
+    # Hot pools always; warm and cold ones while their demand is fresh (activation.py).
+    awake: bool = True
 
     @property
     def refused(self) -> bool:
         return self.capacity.refused
 
 
-def gate(pool: ModelPool, fetch_job: Manifest | None, capacity: Assessment) -> Gating:
-    weights = weights_verdict(pool, fetch_job)
-    return Gating(weights, capacity, deploy=weights.status == "True" and not capacity.refused)
+def gate(
+    pool: ModelPool, fetch_job: Manifest | None, capacity: Assessment, awake: bool | None = None
+) -> Gating:
+    awake = pool.activation is None if awake is None else awake
+    weights = weights_verdict(pool, fetch_job, awake)
+    return Gating(weights, capacity, deploy=weights.status == "True" and not capacity.refused, awake=awake)
 
 
 def _cond(status: bool, reason: str, message: str) -> Verdict:
@@ -113,8 +118,8 @@ def _job_condition(job: Manifest, ctype: str) -> Manifest | None:
     return None
 
 
-def weights_verdict(pool: ModelPool, job: Manifest | None) -> Verdict:
-    if pool.spec.tier == "cold":
+def weights_verdict(pool: ModelPool, job: Manifest | None, awake: bool = True) -> Verdict:
+    if pool.spec.tier == "cold" and not awake:
         return _cond(False, "ColdTier", "cold pools fetch weights on first demand")
     if not needs_fetch(pool):
         return _cond(True, "LocalPath", f"model is a path in the cache: {pool.spec.model.id}")
@@ -183,6 +188,7 @@ def compute_status(
     refused: Refused | None = None,
     reading: Reading | None = None,
     previous_metrics: Mapping[str, Any] | None = None,
+    last_activation: ActivationStatus | None = None,
 ) -> ModelPoolStatus:
     gen = pool.metadata.generation
     capacity, weights = gating.capacity, gating.weights
@@ -191,7 +197,9 @@ def compute_status(
     desired = (dep or {}).get("spec", {}).get("replicas")
     replicas = int(desired if desired is not None else dep_status.get("replicas") or 0)
     ready = int(dep_status.get("readyReplicas") or 0)
-    floor = max(1, pool.spec.replicas.min) if pool.spec.tier == "hot" else 0
+    # The replicas the pool must have to serve: hot its minimum, warm and cold one while awake.
+    floor = max(1, pool.spec.replicas.min) if pool.spec.tier == "hot" else int(gating.awake)
+    resting_cold = pool.spec.tier == "cold" and not gating.awake
 
     problem = pod_problem(pool, observed.pods)
     if gating.refused:
@@ -213,7 +221,7 @@ def compute_status(
         and int(dep_status.get("updatedReplicas") or 0) >= replicas
         and int(dep_status.get("replicas") or 0) <= replicas
     )
-    if pool.spec.tier == "cold":
+    if resting_cold:
         progressing = _cond(False, "ColdTier", "nothing runs until the first demand")
     elif gating.refused:
         progressing = _cond(False, "CapacityInfeasible", "waiting for a spec that fits the GPUs")
@@ -232,18 +240,20 @@ def compute_status(
         ready_v = _cond(False, problem.reason, problem.message)
     elif floor and ready >= floor:
         ready_v = _cond(True, "ReplicasReady", f"{ready}/{replicas} replicas ready (minimum {floor})")
-    elif pool.spec.tier == "cold":
+    elif resting_cold:
         ready_v = _cond(False, "ColdTier", "cold pools start on first demand")
     elif floor == 0:
         ready_v = _cond(False, "ScaledToZero", "warm pool is idle at zero replicas; weights stay cached")
     elif problem:
         ready_v = _cond(False, problem.reason, problem.message)
+    elif pool.activation is not None:
+        ready_v = _cond(False, "Waking", f"waking on demand: {progressing.message}")
     else:
         ready_v = _cond(False, progressing.reason, progressing.message)
 
     if refused is not None:
         phase = "Degraded"
-    elif pool.spec.tier == "cold":
+    elif resting_cold:
         phase = "Cold"
     elif gating.refused:
         phase = "Infeasible"
@@ -251,6 +261,8 @@ def compute_status(
         phase = "Degraded"
     elif ready_v.status == "True":
         phase = "Ready" if progressing.status == "False" else "Progressing"
+    elif ready_v.reason == "Waking":
+        phase = "Waking"
     elif weights.status != "True":
         phase = "FetchingWeights"
     elif floor == 0:
@@ -282,6 +294,7 @@ def compute_status(
         conditions=[set_condition(previous, ctype, verdict, gen, now) for ctype, verdict in verdicts],
         capacity=capacity.capacity_status(),
         metrics=metrics,
+        last_activation=last_activation,
     )
 
 

@@ -130,16 +130,30 @@ def test_hot_leaves_replicas_to_hpa_warm_idles_at_zero(short_pool: dict[str, Any
     assert "replicas" not in _deployment(short_pool)["spec"]
     short_pool["spec"]["tier"] = "warm"
     short_pool["spec"]["replicas"] = {"min": 0, "max": 3}
-    children = build_children(pool_of(short_pool), DEFAULT_CONFIG)
-    assert children.deployment is not None and children.deployment["spec"]["replicas"] == 0
-    assert children.hpa is not None and children.hpa["spec"]["minReplicas"] == 1
-    assert children.fetch_job is not None
+    resting = build_children(pool_of(short_pool), DEFAULT_CONFIG)
+    assert resting.deployment is not None and resting.deployment["spec"]["replicas"] == 0
+    assert resting.hpa is None  # nothing may hold a resting pool above zero
+    assert resting.fetch_job is not None and resting.cache is not None
+    assert resting.demand is not None and resting.demand["metadata"]["name"] == "llama3-8b-ru-short-demand"
+    assert resting.demand["spec"] == {"leaseDurationSeconds": 900}
+    awake = build_children(pool_of(short_pool), DEFAULT_CONFIG, awake=True)
+    # Awake: the operator lets go of replicas (reset to 1, the wake), the HPA takes 1 .. max.
+    assert awake.deployment is not None and "replicas" not in awake.deployment["spec"]
+    assert awake.hpa is not None and awake.hpa["spec"]["minReplicas"] == 1
 
 
-def test_cold_pool_has_no_children(short_pool: dict[str, Any]) -> None:
+def test_cold_pool_at_rest_is_only_its_demand_lease(short_pool: dict[str, Any]) -> None:
     short_pool["spec"]["tier"] = "cold"
     short_pool["spec"]["replicas"] = {"min": 0, "max": 2}
-    assert build_children(pool_of(short_pool), DEFAULT_CONFIG).all() == []
+    resting = build_children(pool_of(short_pool), DEFAULT_CONFIG).all()
+    assert [m["kind"] for m in resting] == ["Lease"]
+    awake = build_children(pool_of(short_pool), DEFAULT_CONFIG, awake=True).all()
+    assert [m["kind"] for m in awake] == [
+        "Lease", "Service", "PersistentVolumeClaim", "Job", "Deployment", "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    ]  # fmt: skip
+    hot_doc = {**short_pool, "spec": {**short_pool["spec"], "tier": "hot", "replicas": {"min": 1}}}
+    assert build_children(pool_of(hot_doc), DEFAULT_CONFIG).demand is None
 
 
 def test_hpa_metrics_and_behaviour(short_pool: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 from tgipool.desired.autoscaling import build_hpa, build_pdb
 from tgipool.desired.cache import build_cache_pvc, build_fetch_job, needs_fetch
+from tgipool.desired.demand import build_demand_lease
 from tgipool.desired.deployment import build_deployment
 from tgipool.desired.service import build_service
 from tgipool.manifest import Manifest
@@ -23,21 +24,31 @@ class Children:
     deployment: Manifest | None = None
     hpa: Manifest | None = None
     pdb: Manifest | None = None
+    demand: Manifest | None = None
 
     def all(self) -> list[Manifest]:
-        items = (self.service, self.cache, self.fetch_job, self.deployment, self.hpa, self.pdb)
+        items = (self.demand, self.service, self.cache, self.fetch_job, self.deployment, self.hpa, self.pdb)
         return [m for m in items if m is not None]
 
 
-def build_children(pool: ModelPool, cfg: OperatorConfig) -> Children:
-    if pool.spec.tier == "cold":
-        # Cold pools are only the CR until the first demand (gateway issue).
-        return Children()
+def build_children(pool: ModelPool, cfg: OperatorConfig, awake: bool | None = None) -> Children:
+    """`awake`: a warm or cold pool with fresh demand (see `activation.py`); hot pools always are.
+    None: the tier's resting state (what `tgipool render` shows).
+
+    At rest a warm pool keeps its cache, Job and a Deployment at zero, a cold pool only its demand
+    Lease. The HPA exists only while the pool is awake, so it never holds a resting pool above zero.
+    """
+    if awake is None:
+        awake = pool.activation is None
+    demand = build_demand_lease(pool, cfg)
+    if pool.spec.tier == "cold" and not awake:
+        return Children(demand=demand)
     return Children(
         service=build_service(pool, cfg),
         cache=build_cache_pvc(pool, cfg),
         fetch_job=build_fetch_job(pool, cfg) if needs_fetch(pool) else None,
-        deployment=build_deployment(pool, cfg),
-        hpa=build_hpa(pool, cfg),
+        deployment=build_deployment(pool, cfg, awake),
+        hpa=build_hpa(pool, cfg) if awake else None,
         pdb=build_pdb(pool, cfg),
+        demand=demand,
     )

@@ -10,8 +10,8 @@ from tgipool.manifest import Manifest
 
 
 def needs_fetch(pool: ModelPool) -> bool:
-    """Hot and warm pools prefetch; a model given as a path is already in the cache."""
-    return pool.spec.tier in ("hot", "warm") and not pool.spec.model.id.startswith("/")
+    """Pools prefetch (cold ones when they wake); a model given as a path is already in the cache."""
+    return not pool.spec.model.id.startswith("/")
 
 
 def build_cache_pvc(pool: ModelPool, cfg: OperatorConfig) -> Manifest:

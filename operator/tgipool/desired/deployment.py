@@ -7,8 +7,12 @@ from tgipool.config import OperatorConfig
 from tgipool.desired import names
 from tgipool.desired.tgi_args import tgi_args
 from tgipool.manifest import Manifest
+from tgipool.planner import plan
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# A replica's weights in bytes (all shards), from the planner: what one pod loads at start. The
+# simulated cluster's `tgipool sim` reads it to make a cold start last as long as loading would.
+WEIGHTS_BYTES_ANNOTATION = "tgipool.io/weights-bytes"
 
 
 def token_env(pool: ModelPool) -> list[Manifest]:
@@ -89,7 +93,20 @@ def _pod_spec(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
     return spec
 
 
-def build_deployment(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
+def _pod_annotations(pool: ModelPool, cfg: OperatorConfig) -> dict[str, str]:
+    out = {
+        **pool.spec.pod_template.annotations,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(cfg.container_port),
+        "prometheus.io/path": "/metrics",
+    }
+    weights = plan(pool).weights_bytes_total  # None when the architecture is unknown
+    if weights is not None:
+        out[WEIGHTS_BYTES_ANNOTATION] = str(weights)
+    return out
+
+
+def build_deployment(pool: ModelPool, cfg: OperatorConfig, awake: bool = True) -> Manifest:
     tpl = pool.spec.pod_template
     spec: Manifest = {
         "revisionHistoryLimit": 3,
@@ -101,18 +118,15 @@ def build_deployment(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
         "template": {
             "metadata": {
                 "labels": {**tpl.labels, **names.labels(pool)},
-                "annotations": {
-                    **tpl.annotations,
-                    "prometheus.io/scrape": "true",
-                    "prometheus.io/port": str(cfg.container_port),
-                    "prometheus.io/path": "/metrics",
-                },
+                "annotations": _pod_annotations(pool, cfg),
             },
             "spec": _pod_spec(pool, cfg),
         },
     }
-    if pool.spec.tier != "hot":
-        # Warm pools idle at zero; the HPA cannot go below one, so the operator owns 0 <-> 1.
+    if not awake:
+        # A resting pool is at zero, which the HPA cannot hold: the operator owns 0 <-> 1. Awake, the
+        # field is left out of the apply: dropping our ownership resets it to 1 (the wake), and from
+        # there the HPA owns it.
         spec["replicas"] = 0
     return {
         "apiVersion": "apps/v1",

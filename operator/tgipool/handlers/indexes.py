@@ -33,6 +33,8 @@ CHILD_KINDS = [
     ("apps", "v1", "deployments", "Deployment"),
     ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    # Warm and cold pools' demand: a gateway's renewal wakes the pool at once.
+    ("coordination.k8s.io", "v1", "leases", "Lease"),
 ]
 
 
@@ -74,7 +76,7 @@ def pods_index(
             "metadata": {k: body["metadata"].get(k) for k in ("name", "deletionTimestamp", "labels")},
             "status": {
                 k: body.get("status", {}).get(k)
-                for k in ("phase", "conditions", "containerStatuses", "podIP")
+                for k in ("phase", "conditions", "containerStatuses", "podIP", "startTime")
             },
         }
     }

@@ -83,10 +83,15 @@ async def pool_changed(
 async def pool_timer(
     body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    """Folds each new round of the metrics loop into the pool's status (written only on change)."""
+    """Folds each new round of the metrics loop into the pool's status, and puts idle warm and cold
+    pools back to rest (both through `reconcile`, which writes only what changed)."""
     key = (namespace or "", name)
     reading = memo.live.reading
-    if memo.folded.get(key) is reading or body.get("metadata", {}).get("deletionTimestamp"):
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    # Hot pools only have something new with a new metrics round; warm and cold ones also rest
+    # once their demand is older than activation.idleAfterSeconds, which no event announces.
+    if memo.folded.get(key) is reading and (body.get("spec") or {}).get("tier", "hot") == "hot":
         return
     memo.folded[key] = reading
     try:

@@ -3,15 +3,19 @@ the gating, apply what differs, prune, write status only when it changed."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
+from tgipool.activation import demand_of, is_awake, last_activation
+from tgipool.api.modelpool import ModelPoolStatus
 from tgipool.api.parse import describe_validation_error, parse_pool
 from tgipool.config import OperatorConfig
 from tgipool.desired import build_children, names
+from tgipool.desired.demand import demand_lease_name
 from tgipool.handlers.indexes import Snapshot
 from tgipool.handlers.writer import Outcome, Writer, event_target, report
 from tgipool.k8s import errors
@@ -57,15 +61,21 @@ async def _reconcile(
             kopf.warn(event_target(raw), reason="InvalidSpec", message=message)
         raise kopf.PermanentError(f"invalid ModelPool: {message}") from err
 
-    children = build_children(pool, cfg)
-    gating = gate(pool, snap.get("Job", names.fetch_job_name(pool)), assess(pool))
-    plan = [children.service, children.cache, children.fetch_job]
+    demand = demand_of(snap.get("Lease", demand_lease_name(pool.name)))
+    awake = is_awake(pool, demand, datetime.datetime.now(datetime.UTC))
+    children = build_children(pool, cfg, awake)
+    job = snap.get("Job", names.fetch_job_name(pool))
+    gating = gate(pool, job, assess(pool), awake)
+    plan = [children.demand, children.service, children.cache, children.fetch_job]
     # An existing Deployment keeps serving its last good spec while the gate is closed.
     if gating.deploy:
         plan.append(children.deployment)
     if gating.deploy or snap.get("Deployment", pool.name) is not None:
         plan += [children.hpa, children.pdb]
     await writer.apply(filter(None, plan), snap.get, out)
+    deployment = snap.get("Deployment", pool.name)
+    if awake and gating.deploy and deployment is not None and deployment["spec"].get("replicas") == 0:
+        await writer.wake(deployment, out)
 
     # Prune what the spec no longer asks for: fetch Jobs of an older revision, and everything but
     # the pool itself when it turns cold (its GPUs and cache are released).
@@ -75,13 +85,42 @@ async def _reconcile(
             await writer.delete(child, out)
 
     refused = errors.refused(out.errors[0]) if out.errors else None
-    metrics = (current.get("status") or {}).get("metrics")
+    old_status = current.get("status") or {}
+    woke = None
+    if pool.activation is not None:
+        woke = last_activation(demand, snap.pods, job, old_status.get("lastActivation"))
     new = compute_status(
-        pool, snap.observed(pool.name), gating, cfg, previous, now_rfc3339(), refused, reading, metrics
+        pool,
+        snap.observed(pool.name),
+        gating,
+        cfg,
+        previous,
+        now_rfc3339(),
+        refused,
+        reading,
+        old_status.get("metrics"),
+        woke,
     )
     await writer.write_status(raw, new, out)
+    if out.status_written:
+        _tier_events(raw, old_status.get("phase"), new, pool.activation is not None)
     out.pool, out.replicas = pool, new.replicas or 0
     if gating.refused and out.status_written:
         kopf.warn(event_target(raw), reason=gating.capacity.reason, message=gating.capacity.message)
     report(raw, out, logger)
     return out
+
+
+def _tier_events(raw: Mapping[str, Any], before: str | None, new: ModelPoolStatus, rests: bool) -> None:
+    """An event for each wake of a warm or cold pool and each return to rest."""
+    if not rests or before == new.phase:
+        return
+    if new.phase == "Waking":
+        woke = new.last_activation
+        since = f" (first request at {woke.requested_at})" if woke and woke.requested_at else ""
+        kopf.info(event_target(raw), reason="Waking", message=f"demand on a resting pool: waking{since}")
+    elif new.phase in ("Ready", "Progressing") and before == "Waking" and new.last_activation:
+        took = new.last_activation.seconds
+        kopf.info(event_target(raw), reason="Woken", message=f"first replica Ready after {took} s")
+    elif new.phase in ("Standby", "Cold") and before not in (None, "Standby", "Cold"):
+        kopf.info(event_target(raw), reason="BackToRest", message=f"no demand: back to {new.phase}")

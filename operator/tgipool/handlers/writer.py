@@ -76,6 +76,8 @@ class Writer:
         self.kube = kube
         self._answers: dict[Key, Manifest] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
+        # Deployments we scaled 0 -> 1, with the resourceVersion they had at 0.
+        self._woken: dict[Key, str | None] = {}
 
     def current(self, kind: str, namespace: str, name: str, cached: Manifest | None) -> Manifest | None:
         """What the cluster holds now, as far as we know."""
@@ -125,6 +127,23 @@ class Writer:
             return
         self.forget(kind, meta["namespace"], meta["name"])
         out.deleted.append(f"{kind}/{meta['name']}")
+
+    async def wake(self, deployment: Manifest, out: Outcome) -> None:
+        """0 -> 1 for a resting pool with fresh demand, once per Deployment revision we saw at 0 (the
+        watch may lag behind our own write; the HPA owns every replica after this one)."""
+        meta = deployment["metadata"]
+        key = ("Deployment/scale", meta["namespace"], meta["name"])
+        if self._woken.get(key) == meta.get("resourceVersion"):
+            return
+        try:
+            await asyncio.to_thread(
+                self.kube.scale, "apps/v1", "Deployment", meta["namespace"], meta["name"], 1
+            )
+        except ApplyError as e:
+            out.errors.append(e)
+            return
+        self._woken[key] = meta.get("resourceVersion")
+        out.applied.append(f"Deployment/{meta['name']} (scaled 0 -> 1)")
 
     async def write_status(self, raw: Mapping[str, Any], new: BaseModel, out: Outcome) -> None:
         """Patches the status of `raw` (a pool or a gateway) to `new`, unless it already is `new`."""

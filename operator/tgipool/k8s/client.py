@@ -33,6 +33,7 @@ PLURALS = {
     ("v1", "ServiceAccount"): "serviceaccounts",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
 }
 
 
@@ -107,6 +108,14 @@ class Kube:
         query = [("fieldManager", self.field_manager), ("force", "true")]
         result: dict[str, Any] = self._call("PATCH", url, manifest, "application/apply-patch+yaml", query)
         return result
+
+    def scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None:
+        """Sets replicas through the scale subresource: a plain update, so the operator's apply no
+        longer owns the field and the HPA can take it over (0 -> 1 wakes a resting pool)."""
+        url = path(api_version, kind, namespace, name) + "/scale"
+        body = {"spec": {"replicas": replicas}}
+        query = [("fieldManager", self.field_manager)]
+        self._call("PATCH", url, body, "application/merge-patch+json", query, target=(kind, f"{name}/scale"))
 
     def list(
         self, api_version: str, kind: str, selector: str | None = None, namespace: str | None = None
