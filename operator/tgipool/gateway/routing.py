@@ -1,10 +1,10 @@
 """The routing table: pools, their endpoints and the wait queues, replaceable while traffic runs.
 
-`RoutingTable.update(pools)` swaps in a new set of pools. Endpoints are kept in a registry keyed by URL, and
+`RoutingTable.update(routes)` swaps in a new set of pools. Endpoints are kept in a registry keyed by URL, and
 pools by name, so an update keeps in-flight counters, learned concurrency limits and queued waiters of
 everything that stays; an endpoint that disappears stops receiving new requests while its in-flight requests
-finish normally; waiters of a removed pool are refused at once (503). The in-cluster ModelGateway controller
-will call `update()` whenever the selected pools or their ready pods change.
+finish normally; waiters of a removed pool are refused at once (503). In the cluster, `cluster_source.py`
+calls `update()` whenever the selected pools or their ready pods change.
 
 Pool choice (DESIGN.md section 2, generalised for TGI's defaults), for `n` input tokens counted with each
 pool's tokenizer and the request's `max_new_tokens` (`m`):
