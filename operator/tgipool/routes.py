@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 from tgipool.api.modelgateway import ModelGateway, RoutePool
 from tgipool.api.modelpool import ModelPool
 from tgipool.desired import names
+from tgipool.desired.demand import demand_lease_name
 from tgipool.manifest import Manifest
 
 Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=512)]
@@ -37,6 +38,10 @@ class Route(BaseModel):
     fallback_pool: Name | None = None
     tokenizer: str | None = Field(default=None, min_length=1)
     endpoints: list[Url] = Field(default_factory=list, max_length=4096)
+    # Warm and cold pools: hold requests while the pool wakes, and ask for the wake on this Lease.
+    hold_seconds: int | None = Field(default=None, ge=1, le=3600)
+    max_pending_requests: int | None = Field(default=None, ge=1, le=100_000)
+    demand_lease: Name | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Route:
@@ -85,6 +90,7 @@ def route(pool: ModelPool, endpoints: list[str], routed: Container[str]) -> Rout
     """THE projection: a pool's route row. A fallback outside the table (`routed`), or itself, is dropped."""
     limits = pool.limits
     fallback = pool.spec.routing.fallback_pool
+    activation = pool.activation
     return Route(
         name=pool.name,
         served_name=pool.served_name,
@@ -94,6 +100,9 @@ def route(pool: ModelPool, endpoints: list[str], routed: Container[str]) -> Rout
         priority=pool.spec.routing.priority,
         fallback_pool=fallback if fallback in routed and fallback != pool.name else None,
         endpoints=endpoints,
+        hold_seconds=activation.hold_seconds if activation else None,
+        max_pending_requests=activation.max_pending_requests if activation else None,
+        demand_lease=demand_lease_name(pool.name) if activation else None,
     )
 
 

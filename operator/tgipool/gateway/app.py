@@ -78,7 +78,8 @@ class Handlers:
             # TGI serves its base model as "tgi" and takes any other name for a LoRA adapter id:
             # the served name clients use must not reach it.
             body = json.dumps({**data, "model": "tgi"}, separators=(",", ":")).encode()
-        return await proxy.forward(gw, request, route, body, d, t0)
+        stream = route == "/generate_stream" or data.get("stream") is True
+        return await proxy.forward(gw, request, route, body, d, t0, stream)
 
     async def info(self, request: web.Request) -> web.StreamResponse:
         pools = self.gw.table.candidates(request.headers.get("X-Model"))

@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -20,6 +22,7 @@ from tgipool.gateway.app import GatewayServer
 from tgipool.gateway.cluster_source import ClusterSource
 from tgipool.gateway.config import ConfigError, GatewayConfig, load_config
 from tgipool.gateway.kube_watch import RESYNC_SECONDS, KubeApi
+from tgipool.gateway.wake import Demand
 
 log = logging.getLogger("tgipool.gateway")
 
@@ -89,6 +92,9 @@ async def serve_cluster(args: argparse.Namespace) -> None:
     async with KubeApi.from_environment() as api:
         source = ClusterSource(api, args.namespace, args.modelgateway, args.resync)
         server = GatewayServer(GatewayConfig(), args.host, args.port)
+        # Demand for warm and cold pools goes to their Leases, named after this replica (its pod).
+        identity = os.environ.get("POD_NAME") or socket.gethostname()
+        server.gateway.demand = Demand(api.merge_patch, args.namespace, identity)
         await server.start()
         print(
             f"tgipool gateway: following ModelGateway {args.namespace}/{args.modelgateway} "

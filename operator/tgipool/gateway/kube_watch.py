@@ -118,6 +118,18 @@ class KubeApi:
             body = await resp.json()
         return list(body.get("items") or []), str(body["metadata"]["resourceVersion"])
 
+    async def merge_patch(self, path: str, body: Mapping[str, object]) -> None:
+        """One JSON merge patch (the demand Lease's renewTime): bounded, raises ApiError when refused."""
+        assert self._session is not None
+        async with self._session.patch(
+            self.host + path,
+            data=json.dumps(body),
+            headers={**self._headers(), "Content-Type": "application/merge-patch+json"},
+            ssl=self._ssl,
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as resp:
+            await self._check(resp)
+
     async def watch(
         self, path: str, params: Mapping[str, str], version: str, seconds: int
     ) -> AsyncGenerator[tuple[str, Manifest], None]:

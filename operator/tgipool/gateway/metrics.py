@@ -13,6 +13,7 @@
 | `tgipool_gateway_upstream_seconds` | pool | from sending to the endpoint to the last byte received from it |
 | `tgipool_gateway_ttft_seconds` | pool | time to first token: arrival to the first event sent (streams) |
 | `tgipool_gateway_request_seconds` | pool | end to end: arrival to the last byte sent (up to 30 min) |
+| `tgipool_gateway_cold_start_wait_seconds` | pool | time held while a resting pool woke |
 | `tgipool_gateway_added_latency_seconds` | pool | gateway overhead: total time minus upstream time |
 
 Rejection reasons: unauthorized, forbidden, unknown_model, bad_request, too_long, rate_limited, overloaded
@@ -79,6 +80,13 @@ class GatewayMetrics:
         self.request_seconds = Histogram(
             p + "request_seconds",
             "End-to-end latency: from the request's arrival to the last byte of the answer.",
+            ["pool"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.cold_start = Histogram(
+            p + "cold_start_wait_seconds",
+            "Time a request was held while its resting (warm or cold) pool woke, answered or not.",
             ["pool"],
             buckets=_REQUEST_BUCKETS,
             registry=r,

@@ -9,6 +9,7 @@ stream that breaks mid-way ends with `data:{"error":"...","error_type":"incomple
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -20,6 +21,7 @@ from tgipool.gateway.dispatch import Dispatch, acquire
 from tgipool.gateway.errors import POOL_HEADER, Rejection, error_response
 from tgipool.gateway.routing import Endpoint, Pool
 from tgipool.gateway.state import Gateway
+from tgipool.gateway.wake import COLD_START_HEADER, end_held_stream, hold, must_hold, start_held_stream
 
 log = logging.getLogger("tgipool.gateway")
 
@@ -55,8 +57,36 @@ def _response_headers(upstream: aiohttp.ClientResponse, pool: str) -> CIMultiDic
     return headers
 
 
+async def _fail(
+    gw: Gateway, route: str, rej: Rejection, pool: str, held: web.StreamResponse | None
+) -> web.StreamResponse:
+    """A refusal: the gateway's error answer, or the last event of a stream already started."""
+    if held is None:
+        return gw.reject(route, rej, pool)
+    gw.metrics.rejections.labels(rej.reason).inc()
+    gw.done(route, rej.status)
+    return await end_held_stream(held, route, rej)
+
+
+async def _hold(gw: Gateway, pool: Pool, held: web.StreamResponse | None, t0: float) -> float:
+    """Holds a request for a resting pool until it wakes; the seconds held. A stream already started
+    (`held`) gets a comment line every 10 s and one with the cold start's length."""
+
+    async def tick(seconds: float) -> None:
+        if held is not None:
+            await held.write(f": pool {pool.name} is waking ({seconds:.0f} s)\n\n".encode())
+
+    try:
+        cold = await hold(pool, gw.demand, tick)
+    finally:
+        gw.child(gw.metrics.cold_start, pool.name).observe(time.perf_counter() - t0)
+    if held is not None:
+        await held.write(f": cold start {cold:.1f} s\n\n".encode())
+    return cold
+
+
 async def forward(
-    gw: Gateway, request: web.Request, route: str, body: bytes, d: Dispatch, t0: float
+    gw: Gateway, request: web.Request, route: str, body: bytes, d: Dispatch, t0: float, stream: bool = False
 ) -> web.StreamResponse:
     table = gw.table
     session = gw.session
@@ -69,15 +99,25 @@ async def forward(
     redispatches = 0
     upstream_time = 0.0
     queued = 0.0
-    deadline = time.monotonic() + gw.config.queue_timeout_seconds
     gw.child(m.routed, pool.name).inc()
+    cold: float | None = None
+    held: web.StreamResponse | None = None
+    if must_hold(pool):
+        held = await start_held_stream(request, pool.name) if stream else None
+        try:
+            cold = await _hold(gw, pool, held, t0)
+        except Rejection as rej:
+            return await _fail(gw, route, rej, pool.name, held)
+    else:
+        gw.demand.note(pool)  # a resting-tier pool at work stays awake (rate-limited)
+    deadline = time.monotonic() + gw.config.queue_timeout_seconds
     while True:
         try:
             used, ep, waited = await acquire(
                 gw, pool, tokens, d.priority, d.fallback, exclude, max(0.0, deadline - time.monotonic())
             )
         except Rejection as rej:
-            return gw.reject(route, rej, pool.name)
+            return await _fail(gw, route, rej, pool.name, held)
         queued += waited
         t_up = time.perf_counter()
         try:
@@ -93,10 +133,12 @@ async def forward(
                 exclude.append(ep)
                 m.retries.labels(used.name, "connect_error").inc()
                 continue
-            return gw.reject(
+            return await _fail(
+                gw,
                 route,
                 Rejection(502, f"Upstream connection failed: {exc}", "unavailable", "upstream_error"),
                 used.name,
+                held,
             )
         status = upstream.status
         is_stream = upstream.content_type == "text/event-stream"
@@ -126,21 +168,20 @@ async def forward(
             continue
         try:
             if is_stream and status < 500:
-                return await _stream(gw, request, upstream, first, used.name, t0)
+                return await _stream(gw, request, upstream, first, used.name, t0, held)
             payload = await upstream.read() if status != 502 or not is_stream else b""
             if status == 502 and is_stream:
-                return gw.reject(
-                    route,
-                    Rejection(502, "Upstream closed the stream", "unavailable", "upstream_error"),
-                    used.name,
-                )
-            return web.Response(status=status, body=payload, headers=_response_headers(upstream, used.name))
+                closed = Rejection(502, "Upstream closed the stream", "unavailable", "upstream_error")
+                return await _fail(gw, route, closed, used.name, held)
+            if held is not None:  # the stream started while the pool woke; the pod refused the request
+                return await _fail(gw, route, _refusal(status, payload), used.name, held)
+            headers = _response_headers(upstream, used.name)
+            if cold is not None:
+                headers[COLD_START_HEADER] = f"{cold:.1f}"
+            return web.Response(status=status, body=payload, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return gw.reject(
-                route,
-                Rejection(502, f"Upstream failed: {exc}", "unavailable", "upstream_error"),
-                used.name,
-            )
+            failed = Rejection(502, f"Upstream failed: {exc}", "unavailable", "upstream_error")
+            return await _fail(gw, route, failed, used.name, held)
         finally:
             upstream.release()
             end = time.perf_counter()
@@ -152,11 +193,30 @@ async def forward(
             gw.done(route, status)
 
 
+def _refusal(status: int, payload: bytes) -> Rejection:
+    """A backend's error answer, carried into a stream that had already started."""
+    try:
+        body = json.loads(payload)
+        return Rejection(
+            status, str(body.get("error", body)), str(body.get("error_type", "upstream")), "upstream"
+        )
+    except (ValueError, AttributeError):
+        return Rejection(status, payload.decode(errors="replace")[:500], "upstream", "upstream")
+
+
 async def _stream(
-    gw: Gateway, request: web.Request, upstream: aiohttp.ClientResponse, first: bytes, pool: str, t0: float
+    gw: Gateway,
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    first: bytes,
+    pool: str,
+    t0: float,
+    held: web.StreamResponse | None = None,
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream, pool))
-    await resp.prepare(request)
+    resp = held
+    if resp is None:
+        resp = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream, pool))
+        await resp.prepare(request)
     try:
         if first:
             await resp.write(first)

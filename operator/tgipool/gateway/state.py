@@ -15,6 +15,7 @@ from tgipool.gateway.metrics import GatewayMetrics
 from tgipool.gateway.parsing import int_or_none
 from tgipool.gateway.routing import Endpoint, Pool, RoutingTable
 from tgipool.gateway.tenants import Tenants
+from tgipool.gateway.wake import Demand
 
 log = logging.getLogger("tgipool.gateway")
 
@@ -31,6 +32,8 @@ class Gateway:
         self._depth: dict[str, Any] = {}
         self._children: dict[tuple[Any, ...], Any] = {}
         self.table.queue_listener = self._on_queue_change
+        # Demand for resting pools; `serve_cluster` gives it the API to patch their Leases with.
+        self.demand = Demand(None, "", "gateway")
         self.config = config
         self.apply(config)
 
@@ -56,6 +59,9 @@ class Gateway:
             skip_auto_headers=("User-Agent",),
         )
         self.table.learn_limit = self._learn_limit
+        keep_alive = asyncio.create_task(self.demand.keep_alive(self.table))
+        self._tasks.add(keep_alive)
+        keep_alive.add_done_callback(self._tasks.discard)
         for ep in self.table.endpoints.values():
             if ep.configured_limit is None and not ep.info_requested:
                 ep.info_requested = True
@@ -64,6 +70,7 @@ class Gateway:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await self.demand.close()
         if self.session is not None:
             await self.session.close()
 
