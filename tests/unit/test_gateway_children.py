@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from tgipool.api.modelgateway import ModelGateway
-from tgipool.desired.gateway_children import build_gateway_children
+from tgipool.desired.gateway_children import build_gateway_children, build_role
 from tgipool.gateway.cluster_source import build_config
 
 from .conftest import EXAMPLES, load_example
@@ -96,3 +96,15 @@ def test_gateway_config_follows_ready_pods() -> None:
     assert by_name["llama3-8b-ru-short"].fallback_pool == "llama3-8b-ru-long"
     assert cfg.default_pool == "llama3-8b-ru-short"
     assert cfg.tenants[0].pools == ["code-7b"], "pools outside the gateway are dropped from a tenant"
+
+
+def test_the_gateway_may_patch_only_the_demand_leases_of_its_resting_pools() -> None:
+    g = gateway(defaultPool="p")
+    assert not [r for r in build_role(g)["rules"] if "leases" in r["resources"]]
+    (rule,) = [r for r in build_role(g, ["b-demand", "a-demand"])["rules"] if "leases" in r["resources"]]
+    assert rule == {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["patch"],
+        "resourceNames": ["a-demand", "b-demand"],
+    }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tgipool.api.modelgateway import GATEWAY_KIND, ModelGateway
 from tgipool.api.modelpool import GROUP, VERSION
 from tgipool.desired import names
@@ -54,9 +56,10 @@ def build_service_account(gw: ModelGateway) -> Manifest:
     }
 
 
-def build_role(gw: ModelGateway) -> Manifest:
+def build_role(gw: ModelGateway, demand_leases: Sequence[str] = ()) -> Manifest:
     """Exactly what `tgipool gateway --modelgateway` watches: its gateway, the pools, their pods, and
-    its tenants Secret (list and watch by name: `fieldSelector=metadata.name=...`)."""
+    its tenants Secret (list and watch by name: `fieldSelector=metadata.name=...`); and the demand
+    Leases of the warm and cold pools it routes to, which it patches by name to wake them."""
     rules: list[Manifest] = [
         {"apiGroups": [GROUP], "resources": ["modelpools"], "verbs": ["list", "watch"]},
         {
@@ -75,6 +78,15 @@ def build_role(gw: ModelGateway) -> Manifest:
                 "resources": ["secrets"],
                 "verbs": ["list", "watch"],
                 "resourceNames": [ref.name],
+            }
+        )
+    if demand_leases:
+        rules.append(
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "verbs": ["patch"],
+                "resourceNames": sorted(set(demand_leases)),
             }
         )
     return {
@@ -183,10 +195,10 @@ def build_gateway_hpa(gw: ModelGateway) -> Manifest:
     }
 
 
-def build_gateway_children(gw: ModelGateway) -> list[Manifest]:
+def build_gateway_children(gw: ModelGateway, demand_leases: Sequence[str] = ()) -> list[Manifest]:
     return [
         build_service_account(gw),
-        build_role(gw),
+        build_role(gw, demand_leases),
         build_role_binding(gw),
         build_gateway_service(gw),
         build_gateway_deployment(gw),

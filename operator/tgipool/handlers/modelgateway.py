@@ -83,7 +83,8 @@ async def _reconcile_gateway(
         await writer.write_status(raw, invalid_gateway_status(gen, message, previous, now_rfc3339()), out)
         raise kopf.PermanentError(f"invalid ModelGateway: {message}") from err
 
-    manifests = build_gateway_children(gw)
+    table = routes(gw, pools, pods)
+    manifests = build_gateway_children(gw, [r.demand_lease for r in table if r.demand_lease])
     for manifest in manifests:
         if manifest["kind"] not in WATCHED:
             await _read_once(writer, manifest)
@@ -98,7 +99,7 @@ async def _reconcile_gateway(
         deployment=name,
         ready_replicas=int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0),
         endpoint=gateway_endpoint(gw),
-        table=[status_row(r) for r in routes(gw, pools, pods)],  # exactly the gateway's own table
+        table=[status_row(r) for r in table],  # exactly the gateway's own table
         default_pool=gw.spec.default_pool,
         refused=errors.refused(out.errors[0]) if out.errors else None,
     )
