@@ -71,8 +71,11 @@ def last_activation(
 ) -> ActivationStatus | None:
     """The wake that began at `demand.requested_at`: kept as is once complete, else measured anew."""
     kept = ActivationStatus.model_validate(previous) if previous else None
-    start = demand.requested_at
-    if start is None or (kept is not None and kept.ready_at and kept.requested_at == _rfc3339(start)):
+    if demand.requested_at is None:
+        return kept
+    # Pod and Job times have whole seconds: compare at that resolution.
+    start = demand.requested_at.replace(microsecond=0)
+    if kept is not None and kept.ready_at and kept.requested_at == _rfc3339(start):
         return kept
     since = [p for p in pods if (_condition_time(p, "PodScheduled") or start) >= start]
     ready = sorted((t, p) for p in since if (t := _condition_time(p, "Ready")) is not None and t >= start)

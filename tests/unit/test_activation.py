@@ -71,6 +71,11 @@ def test_a_warm_wake_in_progress_then_kept_once_complete() -> None:
         Demand(T0, T0), [pod(1, 2, 9), pod(40, 41, 60)], None, done.model_dump(by_alias=True)
     )
     assert again == done
+    # Demand has microseconds, pods whole seconds: a pod Ready in the same second is this wake's.
+    same = last_activation(
+        Demand(T0 + datetime.timedelta(microseconds=500_000), T0), [pod(0, 0, 0)], None, None
+    )
+    assert same is not None and same.seconds == 0.0 and same.ready_at == at(0)
     # A pod that was ready before this wake's demand is not this wake's.
     old = last_activation(Demand(T0, T0), [pod(-100, -99, -90)], None, None)
     assert old is not None and old.ready_at is None

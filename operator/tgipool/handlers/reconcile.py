@@ -17,7 +17,7 @@ from tgipool.config import OperatorConfig
 from tgipool.desired import build_children, names
 from tgipool.desired.demand import demand_lease_name
 from tgipool.handlers.indexes import Snapshot
-from tgipool.handlers.writer import Outcome, Writer, event_target, report
+from tgipool.handlers.writer import Outcome, Writer, event_target, normal_event, report
 from tgipool.k8s import errors
 from tgipool.monitoring.readings import Reading
 from tgipool.planner import assess
@@ -118,9 +118,9 @@ def _tier_events(raw: Mapping[str, Any], before: str | None, new: ModelPoolStatu
     if new.phase == "Waking":
         woke = new.last_activation
         since = f" (first request at {woke.requested_at})" if woke and woke.requested_at else ""
-        kopf.info(event_target(raw), reason="Waking", message=f"demand on a resting pool: waking{since}")
+        normal_event(event_target(raw), reason="Waking", message=f"demand on a resting pool: waking{since}")
     elif new.phase in ("Ready", "Progressing") and before == "Waking" and new.last_activation:
         took = new.last_activation.seconds
-        kopf.info(event_target(raw), reason="Woken", message=f"first replica Ready after {took} s")
+        normal_event(event_target(raw), reason="Woken", message=f"first replica Ready after {took} s")
     elif new.phase in ("Standby", "Cold") and before not in (None, "Standby", "Cold"):
-        kopf.info(event_target(raw), reason="BackToRest", message=f"no demand: back to {new.phase}")
+        normal_event(event_target(raw), reason="BackToRest", message=f"no demand: back to {new.phase}")

@@ -31,6 +31,12 @@ def event_target(raw: Mapping[str, Any]) -> kopf.Body:
     return kopf.Body(cast("kopf.RawBody", dict(raw)))
 
 
+def normal_event(target: kopf.Body, *, reason: str, message: str) -> None:
+    """A Normal event: kopf.info() is dropped below `settings.posting.level` (WARNING, which keeps
+    kopf's own chatter out of the events); what we post marks a real write or a wake."""
+    kopf.event(target, type="Normal", reason=reason, message=message)
+
+
 def _rv(obj: Mapping[str, Any]) -> int:
     try:
         return int(obj["metadata"].get("resourceVersion") or 0)
@@ -167,7 +173,7 @@ def report(raw: Mapping[str, Any], out: Outcome, logger: kopf.Logger) -> None:
     what = f"{kind} {meta.get('namespace', '')}/{meta['name']}"
     if out.applied or out.deleted:
         done = ", ".join(out.applied + [f"deleted {d}" for d in out.deleted])
-        kopf.info(event_target(raw), reason="Reconciled", message=f"server-side applied {done}")
+        normal_event(event_target(raw), reason="Reconciled", message=f"server-side applied {done}")
         logger.info("reconciled %s writes=%d %s", what, out.writes, done)
     else:
         logger.debug("%s unchanged; no writes", what)
