@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from tests.e2e.cluster import kubectl, write_requests  # noqa: E402  (shared API-server helpers)
 
 ALWAYS_APPLY = (
-    "import tgipool.handlers.reconcile as r; r.needs_apply = lambda desired, observed: True; "
+    "import tgipool.handlers.writer as r; r.needs_apply = lambda desired, observed: True; "
     "from tgipool.cli import main; main(['run'])"
 )
 SHIPPED = "from tgipool.cli import main; main(['run'])"
