@@ -70,6 +70,23 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("custom-no-limits", {"profile": "custom"}, rules.CUSTOM_LIMITS_CEL["message"]),
     ("bad-quantize", {"engine": {"quantize": "int3"}}, 'Unsupported value: "int3"'),
     ("bad-tier", {"tier": "lukewarm"}, 'Unsupported value: "lukewarm"'),
+    ("slo-p95-0", {"slo": {"p95LatencyMs": 0}}, "spec.slo.p95LatencyMs: Invalid value: 0"),
+    ("hpa-p95-0", {"autoscaling": {"p95LatencyMs": 0}}, "spec.autoscaling.p95LatencyMs: Invalid value: 0"),
+    (
+        "queue-0",
+        {"autoscaling": {"queuePerReplica": 0}},
+        "spec.autoscaling.queuePerReplica: Invalid value: 0",
+    ),
+    (
+        "hold-0",
+        {"tier": "warm", "replicas": {"min": 0}, "activation": {"holdSeconds": 0}},
+        "spec.activation.holdSeconds: Invalid value: 0",
+    ),
+    (
+        "idle-5s",
+        {"tier": "cold", "replicas": {"min": 0}, "activation": {"idleAfterSeconds": 5}},
+        "spec.activation.idleAfterSeconds: Invalid value: 5",
+    ),
 ]
 
 
