@@ -27,7 +27,9 @@ from tgipool.manifest import Manifest
 
 log = logging.getLogger("tgipool.gateway")
 
-WATCH_SECONDS = 290  # the server ends a watch after this; a new one continues from the same version
+# The server ends a watch after WATCH_SECONDS; a new one continues from the same version. By default the
+# relist falls on that boundary: one LIST and one WATCH per query every 5 minutes.
+WATCH_SECONDS = 300
 RESYNC_SECONDS = 300.0
 MIN_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
@@ -181,12 +183,14 @@ class Informer:
                 version = await self._list()
                 backoff = 0.0
                 resync_at = loop.time() + self.resync_seconds
-                while (left := resync_at - loop.time()) > 0:
-                    seconds = max(1, min(self.watch_seconds, round(left)))
+                while True:
+                    seconds = max(1, min(self.watch_seconds, round(resync_at - loop.time())))
                     started = loop.time()
                     version = await self._watch(version, seconds)
                     if loop.time() - started < seconds / 2:  # the server keeps a watch open `seconds`
                         raise ApiError(0, "the watch ended early")
+                    if loop.time() > resync_at - 1:  # due, or too close to be worth another watch
+                        break
             except GoneError:
                 log.info("%s: resourceVersion too old, listing again", self.path)
             except Exception as exc:  # whatever broke, back off and list again; never stop following
