@@ -60,43 +60,29 @@ class GatewayMetrics:
         )
         self.retries = Counter(p + "retries", "Retries on another endpoint.", ["pool", "reason"], registry=r)
         self.queue_depth = Gauge(p + "queue_depth", "Requests waiting per pool.", ["pool"], registry=r)
-        self.queue_wait = Histogram(
-            p + "queue_wait_seconds", "Time spent queued.", ["pool"], buckets=_LATENCY_BUCKETS, registry=r
-        )
-        self.upstream = Histogram(
-            p + "upstream_seconds",
-            "Upstream time per request.",
-            ["pool"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            p + "ttft_seconds",
+
+        def per_pool(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(p + name, doc, ["pool"], buckets=buckets, registry=r)
+
+        self.queue_wait = per_pool("queue_wait_seconds", "Time spent queued.", _LATENCY_BUCKETS)
+        self.upstream = per_pool("upstream_seconds", "Upstream time per request.", _LATENCY_BUCKETS)
+        self.ttft = per_pool(
+            "ttft_seconds",
             "Time to first token: from the request's arrival to the first streamed event sent back.",
-            ["pool"],
-            buckets=_REQUEST_BUCKETS,
-            registry=r,
+            _REQUEST_BUCKETS,
         )
-        self.request_seconds = Histogram(
-            p + "request_seconds",
+        self.request_seconds = per_pool(
+            "request_seconds",
             "End-to-end latency: from the request's arrival to the last byte of the answer.",
-            ["pool"],
-            buckets=_REQUEST_BUCKETS,
-            registry=r,
+            _REQUEST_BUCKETS,
         )
-        self.cold_start = Histogram(
-            p + "cold_start_wait_seconds",
+        self.cold_start = per_pool(
+            "cold_start_wait_seconds",
             "Time a request was held while its resting (warm or cold) pool woke, answered or not.",
-            ["pool"],
-            buckets=_REQUEST_BUCKETS,
-            registry=r,
+            _REQUEST_BUCKETS,
         )
-        self.added = Histogram(
-            p + "added_latency_seconds",
-            "Gateway overhead per request (total minus upstream).",
-            ["pool"],
-            buckets=_OVERHEAD_BUCKETS,
-            registry=r,
+        self.added = per_pool(
+            "added_latency_seconds", "Gateway overhead per request (total minus upstream).", _OVERHEAD_BUCKETS
         )
 
     def render(self) -> bytes:
