@@ -13,7 +13,11 @@ Commands:
             (kwokctl --runtime binary, binaries from tools/build.sh). Then creates the fake
             nodes in tools/nodes/*.yaml (4x gpu-h100-N with 8 nvidia.com/gpu, gpu-l4-0 with 2,
             cpu-0), the default StorageClass tgipool-sim, and starts tools/sim_provisioner.py
-            in the background. Then the metrics stack: a real Prometheus (built from Go modules,
+            in the background. KWOK's stages are tools/kwok/stages.yaml: pool TGI pods become
+            Running but not Ready; `tgipool sim` (started in the background too) serves an
+            emulated TGI on every pool pod's address and, as the kubelet's readiness prober,
+            marks the pod Ready once its /health answers (after the weights "load").
+            Then the metrics stack: a real Prometheus (built from Go modules,
             Kubernetes pod discovery) scraping every pool and gateway pod, and prometheus-adapter
             serving custom.metrics.k8s.io (APIService through an ExternalName Service), so the
             pools' HPAs read real values. A no-op if the cluster already answers.
@@ -29,6 +33,7 @@ Everything lives in <repo>/.cluster/ (git-ignored):
   .cluster/logs/                    component logs (kube-apiserver.log, kwok-controller.log, ...)
   .cluster/logs/audit.log           kube-apiserver audit log (Metadata level, write verbs)
   .cluster/sim-provisioner.log|pid  volume provisioner log and pid
+  .cluster/sim.log|pid              `tgipool sim` (data plane and readiness of pool pods) log and pid
   .cluster/volumes/<ns>-<pvc>/      hostPath directories of provisioned volumes
   .cluster/prometheus-url           the local Prometheus' URL (also printed)
   .cluster/prometheus/              its config, rules, adapter rules, data; targets/*.json adds
@@ -40,6 +45,8 @@ Environment:
                   missing ones are built by tools/build.sh)
   TGIPOOL_AUDIT   1 (default) enables the apiserver audit log, 0 disables it
   TGIPOOL_WAIT    timeout for the control plane to become ready (default 2m)
+  TGIPOOL_SIM_LOAD_BYTES_PER_SECOND
+                  how fast sim pods "load" their weights (default 2e9; 0 = no cold start)
 EOF
 }
 
@@ -52,6 +59,8 @@ export KWOK_WORKDIR="$state/kwok"
 cluster_dir="$KWOK_WORKDIR/clusters/$name"
 prov_pid="$state/sim-provisioner.pid"
 prov_log="$state/sim-provisioner.log"
+sim_pidfile="$state/sim.pid"
+sim_log="$state/sim.log"
 t_start=$SECONDS
 
 log() { printf '[cluster.sh +%ss] %s\n' "$((SECONDS - t_start))" "$*"; }
@@ -66,6 +75,17 @@ lock() {
     log "another cluster.sh is running; waiting for it"
     flock 9
   fi
+}
+
+# The cluster's processes outlive this script: they must not inherit the caller's descriptors.
+# Under `flock /tmp/e2e.lock make cluster-up`, an inherited lock fd kept the lock held for the
+# cluster's whole life (and `flock /tmp/e2e.lock make cluster-down` then waited forever).
+close_inherited_fds() {
+  local fd
+  for fd in /proc/$$/fd/*; do
+    fd=${fd##*/}
+    if [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2 && fd != 9)); then eval "exec $fd<&-" 2>/dev/null || true; fi
+  done
 }
 
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kwokctl kubectl prometheus prometheus-adapter)
@@ -154,14 +174,56 @@ stop_provisioner() {
   rm -f "$prov_pid"
 }
 
+# ---------------------------------------------------------------- sim (data plane + readiness)
+sim_pid() {
+  # Prints the pid if the pidfile names a live `tgipool sim` of this repo's venv.
+  local pid
+  [[ -f "$sim_pidfile" ]] || return 1
+  pid=$(<"$sim_pidfile")
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "$root/.venv/bin/python -m tgipool.cli sim " || return 1
+  echo "$pid"
+}
+
+# `tgipool sim`: an emulated TGI on every pool pod's address, and the readiness those pods report
+# (KWOK leaves them unready, tools/kwok/stages.yaml). One per cluster: two would fight over addresses.
+start_sim() {
+  local pid py="$root/.venv/bin/python"
+  if pid=$(sim_pid); then
+    log "tgipool sim already running (pid $pid)"
+    return 0
+  fi
+  [[ -x "$py" ]] || die "no .venv: run 'make install' (the sim is the tgipool package)"
+  # setsid: own session, so a Ctrl-C in the caller's terminal does not stop it.
+  KUBECONFIG="$kubeconfig" setsid "$py" -m tgipool.cli sim --interval 0.5 \
+    --load-bytes-per-second "${TGIPOOL_SIM_LOAD_BYTES_PER_SECOND:-2e9}" \
+    </dev/null >>"$sim_log" 2>&1 9<&- &
+  echo $! >"$sim_pidfile"
+  sleep 0.5
+  pid=$(sim_pid) || { tail -n 20 "$sim_log" >&2 || true; die "tgipool sim failed to start"; }
+  log "tgipool sim started (pid $pid, log .cluster/sim.log)"
+}
+
+stop_sim() {
+  local pid i
+  if pid=$(sim_pid); then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do running "$pid" || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    log "tgipool sim stopped (pid $pid)"
+  fi
+  rm -f "$sim_pidfile"
+}
+
 # Pids of processes started from this repo's .cluster/ (kwokctl runs the components as
 # .cluster/kwok/clusters/tgipool/bin/<name>) or of this repo's provisioner.
 our_pids() {
   local p argv
   for p in /proc/[0-9]*; do
-    argv=$(tr '\0' '\n' 2>/dev/null <"$p/cmdline" | head -n 2 | tr '\n' ' ') || continue
+    argv=$(tr '\0' '\n' 2>/dev/null <"$p/cmdline" | head -n 4 | tr '\n' ' ') || continue
     case "$argv" in
       "$state/"*|*" $here/sim_provisioner.py "*|*" --"*"=$state/"*) echo "${p#/proc/}" ;;
+      "$root/.venv/bin/python -m tgipool.cli sim "*) echo "${p#/proc/}" ;;
     esac
   done
 }
@@ -282,6 +344,7 @@ print_info() {
   [[ -z "${BIN:-}" ]] || echo "  export PATH=$BIN:\$PATH    # kubectl v1.36.3"
   if [[ "$(cat "$state/mode" 2>/dev/null)" == kwok ]]; then
     echo "  component logs: .cluster/logs/   provisioner log: .cluster/sim-provisioner.log"
+    echo "  tgipool sim:    .cluster/sim.log  (emulated TGI on every pool pod's address; their readiness)"
     if [[ -f "$state/prometheus-url" ]]; then
       echo "  Prometheus:     $(<"$state/prometheus-url")   (custom metrics: kubectl get --raw /apis/custom.metrics.k8s.io/v1beta2)"
     fi
@@ -292,6 +355,7 @@ print_info() {
 }
 
 cmd_up() {
+  close_inherited_fds
   lock
   setup_bin
   local dead
@@ -300,7 +364,7 @@ cmd_up() {
     log "components not running: $(echo $dead) (see .cluster/logs/); recreating the cluster"
   elif answers; then
     log "cluster tgipool is already up and answering: nothing to do"
-    if [[ "$(cat "$state/mode" 2>/dev/null)" == kwok ]]; then start_provisioner; start_metrics; fi
+    if [[ "$(cat "$state/mode" 2>/dev/null)" == kwok ]]; then start_provisioner; start_sim; start_metrics; fi
     print_info
     return 0
   fi
@@ -318,7 +382,10 @@ cmd_up() {
   # Pod IPs are loopback addresses that `tgipool sim` binds; a /16 derived from this checkout's
   # path keeps two clones' clusters on one machine from serving each other's pod addresses.
   local octet=$(( $(printf '%s' "$root" | cksum | cut -d' ' -f1) % 200 + 20 ))
-  sed "s|cidr: 127.1.0.0/16|cidr: 127.$octet.0.0/16|" "$here/kwok/kwokctl.yaml" >"$state/kwokctl.yaml"
+  # kwokctl loads no default stage once its config holds one: stages.yaml is the whole default set,
+  # with pool TGI pods left unready for `tgipool sim` to probe.
+  { sed "s|cidr: 127.1.0.0/16|cidr: 127.$octet.0.0/16|" "$here/kwok/kwokctl.yaml"; echo "---"
+    cat "$here/kwok/stages.yaml"; } >"$state/kwokctl.yaml"
   log "starting control plane (kwokctl --runtime binary, binaries from $BIN; pod CIDR 127.$octet.0.0/16)"
   if ! kwokctl -c "$state/kwokctl.yaml" create cluster --name "$name" --runtime binary \
       --etcd-binary "$BIN/etcd" \
@@ -354,6 +421,7 @@ cmd_up() {
   kc -n default get serviceaccount default >/dev/null 2>&1 || die "default ServiceAccount never appeared"
 
   start_provisioner
+  start_sim
   start_metrics
   log "cluster tgipool is up ($((SECONDS - t_start))s)"
   print_info
@@ -363,6 +431,7 @@ cmd_up() {
 down_locked() {
   local mode pids pid i
   mode=$(cat "$state/mode" 2>/dev/null || echo kwok)
+  stop_sim
   stop_provisioner
   stop_metrics
 

@@ -8,8 +8,6 @@ export PATH="$(tools/build.sh --print-bin):$PATH"
 export KUBECONFIG="$root/.cluster/kubeconfig"
 pidfile="$root/.cluster/operator.pid"
 log="$root/.cluster/operator.log"
-sim_pidfile="$root/.cluster/sim.pid"
-sim_log="$root/.cluster/sim.log"
 gw_pidfile="$root/.cluster/gateway.pid"
 gw_log="$root/.cluster/gateway.log"
 gw_port=${TGIPOOL_DEMO_GATEWAY_PORT:-18080}
@@ -21,7 +19,7 @@ stop_pid() {
   fi
   rm -f "$1"
 }
-stop_operator() { stop_pid "$pidfile"; stop_pid "$sim_pidfile"; stop_pid "$gw_pidfile"; }
+stop_operator() { stop_pid "$pidfile"; stop_pid "$gw_pidfile"; }
 
 if [[ "${1:-}" == "down" ]]; then
   stop_operator
@@ -49,9 +47,8 @@ echo $! >"$pidfile"
 # The operator's per-pool gauges (objective, replicas, max, GPU cost) feed the alerts.
 printf '[{"targets": ["127.0.0.1:%s"], "labels": {"job": "tgipool-operator"}}]\n' "$op_metrics_port" \
   >.cluster/prometheus/targets/operator.json
-step "data plane: an emulated TGI on every pool pod's address (log: $sim_log)"
-nohup .venv/bin/tgipool sim >"$sim_log" 2>&1 &
-echo $! >"$sim_pidfile"
+# The data plane (an emulated TGI on every pool pod's address, and the pods' readiness) is the
+# cluster's own `tgipool sim`, started by tools/cluster.sh up (log: .cluster/sim.log).
 # The examples reference an hf-token Secret; a placeholder is enough on simulated GPUs.
 kubectl create secret generic hf-token --from-literal=token=placeholder --dry-run=client -o yaml \
   | kubectl apply -f - >/dev/null

@@ -9,11 +9,9 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from .cluster import ROOT, Operator, apply, get, items, kubectl, wait_for
@@ -36,19 +34,6 @@ def token_kubeconfig(sa: str, ns: str, path: Path) -> Path:
     admin["contexts"][0]["context"]["user"] = sa
     path.write_text(yaml.safe_dump(admin))
     return path
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[None]:
-    with (tmp_path / "sim.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tgipool.cli", "sim", "--interval", "0.5"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        yield
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def post(
@@ -75,7 +60,7 @@ def pod_urls(pool: str, ns: str) -> set[str]:
 
 
 def test_gateway_routes_to_emulated_pods_of_the_right_pool(
-    operator: Operator, sim: None, ns: str, tmp_path: Path
+    operator: Operator, ns: str, tmp_path: Path
 ) -> None:
     # The example pools and gateway, as a platform team would apply them, plus a tenant.
     kubectl("create", "secret", "generic", "hf-token", "-n", ns, "--from-literal=token=placeholder")

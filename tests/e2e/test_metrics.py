@@ -6,15 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from .cluster import ROOT, Operator, condition, get, items, kubectl, wait_for, write_requests
 from .conftest import apply_pool
@@ -26,20 +23,6 @@ def prometheus_url() -> str:
     path = ROOT / ".cluster/prometheus-url"
     assert path.exists(), "no local Prometheus: the metrics tests need `make cluster-up` (it starts one)"
     return path.read_text().strip()
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    log = tmp_path_factory.mktemp("sim") / "sim.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tgipool.cli", "sim", "--interval", "0.5"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        yield
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 class Load:
@@ -112,7 +95,7 @@ def pool_metrics(name: str, ns: str) -> dict[str, Any]:
 
 
 def test_load_scales_the_pool_on_real_metrics_and_status_follows(
-    operator: Operator, sim: None, ns: str, tmp_path: Path
+    operator: Operator, ns: str, tmp_path: Path
 ) -> None:
     # Batches of 2 (TGI's --max-batch-size): 12 clients keep ~10 requests queued on one replica.
     apply_pool(
@@ -192,9 +175,7 @@ def test_load_scales_the_pool_on_real_metrics_and_status_follows(
         wait_for("HPA scales back to replicas.min", lambda: replicas("busy", ns) == 1, timeout=150)
 
 
-def test_prometheus_down_makes_slomet_unknown_and_nothing_else(
-    operator: Operator, sim: None, ns: str
-) -> None:
+def test_prometheus_down_makes_slomet_unknown_and_nothing_else(operator: Operator, ns: str) -> None:
     apply_pool("calm", ns, slo={"p95LatencyMs": 5000})
     wait_for("pool Ready", lambda: condition(get("modelpool", "calm", ns), "Ready").get("status") == "True")
     with Load("calm", ns, clients=1, max_new_tokens=10):

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any
 
 from .cluster import Operator, add_node, condition, get, items, kubectl, wait_for, write_requests
@@ -271,46 +268,37 @@ def test_infeasible_pool_gets_no_deployment_until_fixed(operator: Operator, ns: 
     assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
 
 
-def test_sim_serves_an_emulated_tgi_on_every_pod(operator: Operator, ns: str, tmp_path: Path) -> None:
-    log = (tmp_path / "sim.log").open("wb")
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "tgipool.cli", "sim", "--interval", "0.5"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def test_sim_serves_an_emulated_tgi_on_every_pod(operator: Operator, ns: str) -> None:
+    # The cluster's own `tgipool sim` (tools/cluster.sh up) serves every pool pod's address.
+    apply_pool(
+        "live", ns, replicas={"min": 2, "max": 2}, limits={"maxInputTokens": 1000, "maxTotalTokens": 1500}
     )
-    try:
-        apply_pool(
-            "live", ns, replicas={"min": 2, "max": 2}, limits={"maxInputTokens": 1000, "maxTotalTokens": 1500}
-        )
-        wait_ready("live", ns)
-        pods = items("pods", ns, "tgipool.io/pool=live,app.kubernetes.io/component=inference-server")
-        urls = [f"http://{pod['status']['podIP']}:8080" for pod in pods]
-        assert len(urls) == 2
+    wait_ready("live", ns)
+    pods = items("pods", ns, "tgipool.io/pool=live,app.kubernetes.io/component=inference-server")
+    urls = [f"http://{pod['status']['podIP']}:8080" for pod in pods]
+    assert len(urls) == 2
 
-        def info(url: str) -> dict[str, Any] | None:
-            try:
-                with urllib.request.urlopen(f"{url}/info", timeout=2) as r:
-                    out: dict[str, Any] = json.loads(r.read())
-                    return out
-            except OSError:
-                return None
+    def info(url: str) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"{url}/info", timeout=2) as r:
+                out: dict[str, Any] = json.loads(r.read())
+                return out
+        except OSError:
+            return None
 
-        for url in urls:
-            got = wait_for(f"emulator on {url}", lambda u=url: info(u), timeout=30)
-            assert (got["max_input_tokens"], got["max_total_tokens"]) == (1000, 1500)
-        req = urllib.request.Request(
-            f"{urls[0]}/generate",
-            method="POST",
-            data=b'{"inputs":"hi","parameters":{"max_new_tokens":3}}',
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as r:
-            assert r.headers["x-generated-tokens"] == "3"
-        kubectl("delete", "modelpool", "live", "-n", ns)
-        wait_for("emulators stopped", lambda: all(info(u) is None for u in urls), timeout=60)
-    finally:
-        sim.terminate()
-        sim.wait(timeout=10)
+    for url in urls:
+        got = wait_for(f"emulator on {url}", lambda u=url: info(u), timeout=30)
+        assert (got["max_input_tokens"], got["max_total_tokens"]) == (1000, 1500)
+    req = urllib.request.Request(
+        f"{urls[0]}/generate",
+        method="POST",
+        data=b'{"inputs":"hi","parameters":{"max_new_tokens":3}}',
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.headers["x-generated-tokens"] == "3"
+    kubectl("delete", "modelpool", "live", "-n", ns)
+    wait_for("emulators stopped", lambda: all(info(u) is None for u in urls), timeout=60)
 
 
 def test_turning_cold_releases_gpus_and_cache(operator: Operator, ns: str) -> None:

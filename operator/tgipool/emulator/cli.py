@@ -37,6 +37,7 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("prefill-tokens-per-second", float, "model knob: prefill throughput"),
     ("decode-step-ms", float, "model knob: time of one decode step at batch size 0"),
     ("decode-step-growth-ms", float, "model knob: extra decode step time per running sequence"),
+    ("load-seconds", float, "cold start: /health and generation answer 503 for this long after start"),
     ("tokenizer", str, "path to a tokenizer.json (default: ~4 characters per token approximation)"),
 ]
 
@@ -75,8 +76,9 @@ def main(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f'Error: ArgumentValidation("{exc}")', file=sys.stderr)
         return 1
+    loading = f", loading for {settings.load_seconds:g}s" if settings.load_seconds else ""
     print(
-        f"tgipool emulate: serving {settings.model_id} on {settings.hostname}:{settings.port}",
+        f"tgipool emulate: serving {settings.model_id} on {settings.hostname}:{settings.port}{loading}",
         file=sys.stderr,
     )
     with contextlib.suppress(KeyboardInterrupt):

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from tgipool.emulator.errors import IncompleteGenerationError, InferError, OverloadedError, ValidationError
+from tgipool.emulator.loading import LoadPhase
 from tgipool.emulator.metrics import TgiMetrics
 from tgipool.emulator.scheduler import Clock, RealClock, Scheduler, Sequence
 from tgipool.emulator.settings import TGI_VERSION, EmulatorSettings
@@ -42,11 +43,13 @@ class Emulator:
         self.clock: Clock = clock or RealClock()
         self.scheduler = Scheduler(self.settings, self.metrics, self.clock)
         self.permits_available = self.settings.max_concurrent_requests
+        self.load = LoadPhase(self.settings.load_seconds, self.clock)
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle ---
     def start(self) -> None:
         if self._task is None:
+            self.load.begin()
             self._task = asyncio.create_task(self.scheduler.run(), name=f"tgi-emulator-{self.settings.port}")
 
     async def stop(self) -> None:

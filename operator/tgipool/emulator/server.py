@@ -3,7 +3,8 @@
 Routes and auth follow `router/src/server.rs`: generation routes (and /tokenize) are protected by the
 optional API key (401, empty body); `GET /`, `/health`, `/ping`, `/info`, `/metrics`, `/v1/models` are not.
 Body problems get axum's plain-text rejections (415 content type, 400 bad JSON, 422 wrong shape,
-413 payload limit), everything else TGI's `{"error","error_type"}` JSON.
+413 payload limit), everything else TGI's `{"error","error_type"}` JSON. While the emulator loads
+(`load_seconds`), health routes and generation routes answer 503 (see `loading.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aiohttp import web
 from tgipool.emulator import openai_api, sse
 from tgipool.emulator.engine import Emulator
 from tgipool.emulator.errors import BodyRejectionError, InferError
+from tgipool.emulator.loading import UNHEALTHY
 from tgipool.emulator.scheduler import Clock
 from tgipool.emulator.settings import EmulatorSettings
 from tgipool.emulator.validation import parse_generate_request
@@ -31,6 +33,7 @@ _PROTECTED = {
     "/tokenize",
     "/invocations",
 }
+_HEALTH = {"/", "/health", "/ping"}
 _PAYLOAD_TOO_LARGE = "Failed to buffer the request body: length limit exceeded"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -66,6 +69,12 @@ async def read_json(request: web.Request) -> Any:
 @web.middleware
 async def tgi_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     emu = _emu(request)
+    loading = emu.load.error()
+    if loading is not None:  # real TGI would not be listening yet: not ready, nothing served
+        if request.method == "GET" and request.path in _HEALTH:
+            return json_response(UNHEALTHY, 503)
+        if request.method == "POST" and request.path in _PROTECTED:
+            return json_response(loading.to_json(), loading.status, {"Retry-After": loading.retry_after})
     key = emu.settings.api_key
     if key is not None and request.method == "POST" and request.path in _PROTECTED:
         got = request.headers.get("Authorization", "")

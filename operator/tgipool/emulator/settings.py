@@ -9,6 +9,9 @@ Where TGI derives a value from the GPU at warmup, the emulator picks a fixed, do
 
 The latency model (see `scheduler.py`): prefill costs `prefill_tokens / prefill_tokens_per_second`, a decode
 step costs `decode_step_ms + decode_step_growth_ms * batch_size`.
+
+`load_seconds` is the cold start: how long after start the server reports itself unhealthy while the
+"weights load" (see `loading.py`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class EmulatorSettings:
     prefill_tokens_per_second: float = 20000.0
     decode_step_ms: float = 20.0
     decode_step_growth_ms: float = 0.1
+    # Cold start: seconds after start during which /health and generation answer 503 (loading.py).
+    load_seconds: float = 0.0
     tokenizer: str | None = None  # path to a tokenizer.json; None = the approximation in tokens.py
     compute_type: str = "gpu+optimized"  # TGI's COMPUTE_TYPE default, echoed in x-compute-type
     model_pipeline_tag: str | None = "text-generation"
@@ -82,6 +87,8 @@ class EmulatorSettings:
             raise SettingsError("`prefill_tokens_per_second` must be > 0")
         if self.decode_step_ms < 0 or self.decode_step_growth_ms < 0:
             raise SettingsError("`decode_step_ms` and `decode_step_growth_ms` must be >= 0")
+        if self.load_seconds < 0:
+            raise SettingsError("`load_seconds` must be >= 0")
         if self.max_concurrent_requests < 0:
             raise SettingsError("`max_concurrent_requests` must be >= 0")
         return replace(

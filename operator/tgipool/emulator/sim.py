@@ -5,6 +5,12 @@ of every ModelPool, on the pod's own address (the sim cluster hands out loopback
 container port, with the limits from the pod's own TGI args: `curl http://<podIP>:8080/generate`
 then answers like the TGI the pod would run. Emulators stop when their pod goes. Many fit in one
 process (one event loop, one scheduler task each).
+
+Cold starts: a pod's emulator loads (answers 503) for its weights' bytes (the Deployment's
+`tgipool.io/weights-bytes` pod annotation, from the planner) over `--load-bytes-per-second`, counted
+from the container's start, so a restarted sim does not load pods again. And the sim is the kubelet's
+readiness prober for these pods (prober.py): KWOK makes them Running but not Ready, the sim reports
+them Ready once their `/health` answers, and unready again if it stops.
 """
 
 from __future__ import annotations
@@ -13,15 +19,28 @@ import argparse
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+import kubernetes
+
 from tgipool.desired import names
+from tgipool.desired.deployment import WEIGHTS_BYTES_ANNOTATION
+from tgipool.emulator.prober import ReadinessProber
+from tgipool.emulator.readiness import container_started_at, status_patch
 from tgipool.emulator.runner import EmulatorServer
 from tgipool.emulator.settings import EmulatorSettings
 from tgipool.k8s.client import Kube
 
 log = logging.getLogger("tgipool.sim")
+
+# Weights move from the node's cache to the GPUs at about 2 GB/s: a PCIe 4.0 NVMe SSD reads 3-7 GB/s
+# sequentially, and safetensors loading (page cache, then host-to-GPU copies per shard) gets well below
+# that in practice. A round figure, not a measurement: 16 GB (an 8B model in bf16) load in 8 s.
+DEFAULT_LOAD_BYTES_PER_SECOND = 2e9
 
 POD_SELECTOR = f"app.kubernetes.io/managed-by={names.MANAGED_BY},{names.COMPONENT_LABEL}={names.SERVER}"
 _INT_FLAGS = {
@@ -35,8 +54,26 @@ _INT_FLAGS = {
 }
 
 
-def settings_for_pod(pod: dict[str, Any], base: EmulatorSettings) -> EmulatorSettings | None:
-    """The emulator a pod would be: its address, and its TGI container's flags."""
+def load_seconds(pod: Mapping[str, Any], bytes_per_second: float) -> float:
+    """How long the pod's TGI loads: its weights' bytes (annotation) at `bytes_per_second`; 0 without."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(WEIGHTS_BYTES_ANNOTATION, "")
+    if not raw.isdigit() or bytes_per_second <= 0:
+        return 0.0
+    return int(raw) / bytes_per_second
+
+
+def load_left(pod: Mapping[str, Any], seconds: float, now: datetime) -> float:
+    """What is left of a load of `seconds` that began when the pod's TGI container started."""
+    started = container_started_at(pod, "tgi")
+    if started is None:
+        return seconds
+    return min(seconds, max(0.0, seconds - (now - started).total_seconds()))
+
+
+def settings_for_pod(
+    pod: dict[str, Any], base: EmulatorSettings, load_bytes_per_second: float = 0.0
+) -> EmulatorSettings | None:
+    """The emulator a pod would be: its address, its TGI container's flags and its load time."""
     status, spec = pod.get("status", {}), pod.get("spec", {})
     if (
         pod["metadata"].get("deletionTimestamp")
@@ -47,7 +84,10 @@ def settings_for_pod(pod: dict[str, Any], base: EmulatorSettings) -> EmulatorSet
     container = next((c for c in spec.get("containers", []) if c.get("name") == "tgi"), None)
     if container is None:
         return None
-    values: dict[str, Any] = {"hostname": status["podIP"]}
+    values: dict[str, Any] = {
+        "hostname": status["podIP"],
+        "load_seconds": load_seconds(pod, load_bytes_per_second),
+    }
     for arg in container.get("args", []):
         flag, _, value = arg.partition("=")
         if flag in _INT_FLAGS and value.isdigit():
@@ -57,31 +97,50 @@ def settings_for_pod(pod: dict[str, Any], base: EmulatorSettings) -> EmulatorSet
     return replace(base, **values)
 
 
+def _rfc3339(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class Sim:
-    def __init__(self, kube: Kube, base: EmulatorSettings) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        base: EmulatorSettings,
+        load_bytes_per_second: float = DEFAULT_LOAD_BYTES_PER_SECOND,
+        readiness: bool = True,
+    ) -> None:
         self.kube = kube
         self.base = base
+        self.load_bytes_per_second = load_bytes_per_second
+        self.readiness = readiness
+        self.prober: ReadinessProber | None = None  # made in run(), inside the event loop
+        # address -> (the pod's settings with its full load time, the server); compared each sync
         self.running: dict[str, tuple[EmulatorSettings, EmulatorServer]] = {}
 
     async def sync(self) -> None:
         pods = await asyncio.to_thread(self.kube.list, "v1", "Pod", POD_SELECTOR)
-        want: dict[str, tuple[EmulatorSettings, str]] = {}
+        await self._serve(pods)
+        if self.prober is not None:
+            await self._probe(pods)
+
+    async def _serve(self, pods: list[dict[str, Any]]) -> None:
+        now = datetime.now(UTC)
+        want: dict[str, tuple[EmulatorSettings, dict[str, Any]]] = {}
         for pod in pods:
-            s = settings_for_pod(pod, self.base)
+            s = settings_for_pod(pod, self.base, self.load_bytes_per_second)
             if s is not None:
-                want[f"{s.hostname}:{s.port}"] = (
-                    s,
-                    f"{pod['metadata']['namespace']}/{pod['metadata']['name']}",
-                )
+                want[f"{s.hostname}:{s.port}"] = (s, pod)
         for key, (settings, server) in list(self.running.items()):
             if key not in want or want[key][0] != settings:
                 await server.stop()
                 del self.running[key]
                 log.info("stopped emulator on %s", key)
-        for key, (settings, pod_name) in want.items():
+        for key, (settings, pod) in want.items():
             if key in self.running:
                 continue
-            server = EmulatorServer(settings)
+            pod_name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+            left = load_left(pod, settings.load_seconds, now)
+            server = EmulatorServer(replace(settings, load_seconds=left))
             try:
                 await server.start()
             except OSError as e:
@@ -89,23 +148,59 @@ class Sim:
                 continue
             self.running[key] = (settings, server)
             log.info(
-                "emulating pod %s on http://%s (max_total_tokens=%s)",
+                "emulating pod %s on http://%s (max_total_tokens=%s, loading %.1fs of %.1fs)",
                 pod_name,
                 key,
                 settings.max_total_tokens,
+                left,
+                settings.load_seconds,
             )
 
-    async def run(self, interval: float) -> None:
+    async def _probe(self, pods: list[dict[str, Any]]) -> None:
+        """The kubelet's part: probe each Running pod, write Ready/unready when it changes."""
+        assert self.prober is not None
+        live = [p for p in pods if p["status"].get("phase") == "Running" and p["status"].get("podIP")]
+        live = [p for p in live if not p["metadata"].get("deletionTimestamp")]
+        verdicts = await asyncio.gather(*(self.prober.verdicts(p) for p in live))
+        self.prober.forget(p["metadata"]["uid"] for p in live)
+        now = _rfc3339(datetime.now(UTC))
+        patches = [(pod, status_patch(pod, v, now)) for pod, v in zip(live, verdicts, strict=True)]
+        await asyncio.gather(
+            *(asyncio.to_thread(self._patch_status, pod, patch) for pod, patch in patches if patch)
+        )
+
+    def _patch_status(self, pod: dict[str, Any], patch: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        ready = patch["status"]["conditions"][-1]["status"] == "True"
         try:
-            while True:
-                try:
-                    await self.sync()
-                except Exception as e:
-                    log.warning("sync failed: %s", e)
-                await asyncio.sleep(interval)
-        finally:
-            for _, server in self.running.values():
-                await server.stop()
+            kubernetes.client.CoreV1Api(self.kube.api).patch_namespaced_pod_status(
+                meta["name"],
+                meta["namespace"],
+                patch,
+                field_manager=self.kube.field_manager,
+                _content_type="application/strategic-merge-patch+json",
+                _request_timeout=10,
+            )
+        except kubernetes.client.ApiException as e:
+            if e.status in (404, 409):  # gone, or changed since we looked: judged again next sync
+                return
+            raise
+        log.info("pod %s/%s %s", meta["namespace"], meta["name"], "Ready" if ready else "not Ready")
+
+    async def run(self, interval: float) -> None:
+        # One connection per probe, as the kubelet does; no pool to outlive an emulator.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            self.prober = ReadinessProber(session) if self.readiness else None
+            try:
+                while True:
+                    try:
+                        await self.sync()
+                    except Exception as e:
+                        log.warning("sync failed: %s", e)
+                    await asyncio.sleep(interval)
+            finally:
+                for _, server in self.running.values():
+                    await server.stop()
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -116,6 +211,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--prefill-tokens-per-second", type=float, default=20000.0)
     p.add_argument("--decode-step-ms", type=float, default=20.0)
     p.add_argument("--decode-step-growth-ms", type=float, default=0.1)
+    p.add_argument(
+        "--load-bytes-per-second",
+        type=float,
+        default=DEFAULT_LOAD_BYTES_PER_SECOND,
+        help="cold start: a pod loads its weights (annotation tgipool.io/weights-bytes) at this rate; "
+        "0 = no loading (default 2e9: NVMe to GPU, roughly)",
+    )
+    p.add_argument(
+        "--no-readiness",
+        dest="readiness",
+        action="store_false",
+        help="do not act as the pods' readiness prober (for clusters whose kubelet does it)",
+    )
     p.set_defaults(func=main)
     return p
 
@@ -127,7 +235,12 @@ def main(args: argparse.Namespace) -> int:
         decode_step_ms=args.decode_step_ms,
         decode_step_growth_ms=args.decode_step_growth_ms,
     )
-    sim = Sim(Kube.from_environment(field_manager="tgipool-sim"), base)
+    sim = Sim(
+        Kube.from_environment(field_manager="tgipool-sim"),
+        base,
+        load_bytes_per_second=args.load_bytes_per_second,
+        readiness=args.readiness,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(sim.run(args.interval))
     return 0

@@ -1,0 +1,76 @@
+"""A kubelet's readiness prober, for the pods `tgipool sim` serves (KWOK runs no prober of its own).
+
+Like the kubelet: an HTTP GET on each container's readinessProbe, 200-399 is a success, anything
+else (503 while the emulator loads, a refused connection, a timeout) a failure; a container turns
+ready after `successThreshold` successes in a row and unready after `failureThreshold` failures.
+Unlike it: every container is probed once per sim sync (`--interval`) instead of every
+`periodSeconds` (10 s for TGI pods), so readiness follows sooner than on a real node; a startup
+probe is not run separately (its first success is the readiness probe's), and nothing is restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from tgipool.emulator.readiness import Probe, readiness_probes
+
+
+@dataclass
+class _Streak:
+    ready: bool
+    successes: int = 0
+    failures: int = 0
+
+    def record(self, ok: bool, probe: Probe) -> bool:
+        if ok:
+            self.successes, self.failures = self.successes + 1, 0
+            if self.successes >= probe.success_threshold:
+                self.ready = True
+        else:
+            self.successes, self.failures = 0, self.failures + 1
+            if self.failures >= probe.failure_threshold:
+                self.ready = False
+        return self.ready
+
+
+def _container_ready(pod: Mapping[str, Any], name: str) -> bool:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return any(cs.get("name") == name and cs.get("ready") for cs in statuses)
+
+
+class ReadinessProber:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        # (pod uid, container) -> streak; starts from what the pod says, so a restarted sim does not
+        # flip Ready pods to unready before a single probe has failed.
+        self._streaks: dict[tuple[str, str], _Streak] = {}
+
+    async def _get(self, probe: Probe) -> bool:
+        try:
+            timeout = aiohttp.ClientTimeout(total=probe.timeout_seconds)
+            async with self.session.get(probe.url, timeout=timeout, allow_redirects=False) as r:
+                return 200 <= r.status < 400
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def verdicts(self, pod: Mapping[str, Any]) -> dict[str, bool]:
+        """Probe the pod's containers once; container -> ready, after the thresholds."""
+        probes = readiness_probes(pod)
+        results = await asyncio.gather(*(self._get(p) for p in probes))
+        uid = pod["metadata"]["uid"]
+        out = {}
+        for probe, ok in zip(probes, results, strict=True):
+            key = (uid, probe.container)
+            streak = self._streaks.setdefault(key, _Streak(ready=_container_ready(pod, probe.container)))
+            out[probe.container] = streak.record(ok, probe)
+        return out
+
+    def forget(self, live_uids: Iterable[str]) -> None:
+        """Drop the streaks of pods that are gone."""
+        live = set(live_uids)
+        self._streaks = {k: v for k, v in self._streaks.items() if k[0] in live}
