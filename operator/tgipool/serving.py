@@ -8,12 +8,21 @@ from aiohttp import web
 class ListeningApp:
     """Serves `app` on host:port; `port=0` picks a free port (read `.port` after `start()`)."""
 
-    def __init__(self, app: web.Application, host: str, port: int, backlog: int = 128) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        backlog: int = 128,
+        runner: web.AppRunner | None = None,
+    ) -> None:
         self.app = app
         self.host = host
         self.port = port
         self._backlog = backlog
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        self._runner = runner or web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=1.0
+        )
 
     async def start(self) -> None:
         await self._runner.setup()

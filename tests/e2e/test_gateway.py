@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from tgipool.gateway.routing import endpoint_id
+
 from .cluster import ROOT, Operator, apply, get, items, kubectl, wait_for
 
 EXAMPLES = ROOT / "examples"
@@ -54,9 +56,10 @@ def post(
         return 0, {}, str(e)
 
 
-def pod_urls(pool: str, ns: str) -> set[str]:
+def pod_endpoints(pool: str, ns: str) -> set[str]:
+    """The pool's pods as the gateway names them in X-TGIPool-Endpoint (an id, never the address)."""
     pods = items("pods", ns, f"tgipool.io/pool={pool},app.kubernetes.io/component=inference-server")
-    return {f"http://{p['status']['podIP']}:8080" for p in pods if p["status"].get("podIP")}
+    return {endpoint_id(f"http://{p['status']['podIP']}:8080") for p in pods if p["status"].get("podIP")}
 
 
 def test_gateway_routes_to_emulated_pods_of_the_right_pool(
@@ -145,18 +148,18 @@ def test_gateway_routes_to_emulated_pods_of_the_right_pool(
         wait_for("gateway serving", serving, timeout=60)
         status, headers, body = post(f"{base}/generate", short, llama)
         assert status == 200 and headers["X-TGIPool-Pool"] == "llama3-8b-ru-short"
-        assert headers["X-TGIPool-Endpoint"] in pod_urls("llama3-8b-ru-short", ns)
+        assert headers["X-TGIPool-Endpoint"] in pod_endpoints("llama3-8b-ru-short", ns)
         assert body["generated_text"]
 
         long_prompt = {"inputs": "tell me more " * 1000, "parameters": {"max_new_tokens": 16}}
         status, headers, _ = post(f"{base}/generate", long_prompt, llama)
         assert status == 200 and headers["X-TGIPool-Pool"] == "llama3-8b-ru-long"
-        assert headers["X-TGIPool-Endpoint"] in pod_urls("llama3-8b-ru-long", ns)
+        assert headers["X-TGIPool-Endpoint"] in pod_endpoints("llama3-8b-ru-long", ns)
 
         chat = {"model": "code-7b", "max_tokens": 8, "messages": [{"role": "user", "content": "def f():"}]}
         status, headers, body = post(f"{base}/v1/chat/completions", chat, a)
         assert status == 200 and headers["X-TGIPool-Pool"] == "code-7b"
-        assert headers["X-TGIPool-Endpoint"] in pod_urls("code-7b", ns)
+        assert headers["X-TGIPool-Endpoint"] in pod_endpoints("code-7b", ns)
         assert body["object"] == "chat.completion"
 
         status, headers, _ = post(f"{base}/generate", short, a)
@@ -176,14 +179,14 @@ def test_gateway_routes_to_emulated_pods_of_the_right_pool(
 
         # A pool scaled up is followed live: its new pod starts answering through the gateway.
         kubectl("scale", "modelpool", "code-7b", "-n", ns, "--replicas=2")
-        wait_for("2 code pods", lambda: len(pod_urls("code-7b", ns)) == 2, timeout=60)
+        wait_for("2 code pods", lambda: len(pod_endpoints("code-7b", ns)) == 2, timeout=60)
         seen: set[str] = set()
 
         def both_code_pods() -> bool:
             st, hd, _ = post(f"{base}/v1/chat/completions", chat, a)
             if st == 200:
                 seen.add(hd["X-TGIPool-Endpoint"])
-            return seen == pod_urls("code-7b", ns)
+            return seen == pod_endpoints("code-7b", ns)
 
         wait_for("requests reach both code pods", both_code_pods, timeout=60, interval=0.2)
     finally:

@@ -63,6 +63,30 @@ class ModelGatewaySpec(Spec):
     )
     queue_timeout_seconds: float = Field(default=5.0, ge=0, le=3600, description="Longest wait before 429.")
     max_queue_length: int = Field(default=1024, ge=0, le=1_000_000, description="Waiters per saturated pool.")
+    connect_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=300, description="TCP connect to a pod; past it the request tries another pod."
+    )
+    response_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        description="A pod's answer headers (and a non-streamed answer's body) must arrive within it, "
+        "else 504. Long: generations take minutes.",
+    )
+    stream_idle_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Longest gap between bytes of a streamed answer (TGI sends a keep-alive every 15 s); "
+        "past it the stream ends with an error event.",
+    )
+    client_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A client's request headers, then its body, must arrive within it; idle keep-alive "
+        "connections close after it.",
+    )
     image: str = Field(
         default="ghcr.io/tgipool/tgipool:0.1.0",
         min_length=1,

@@ -2,79 +2,128 @@
 
 Generation routes (`POST /generate`, `/generate_stream`, `/`, `/v1/chat/completions`, `/v1/completions`):
 
-1. tenant: `Authorization: Bearer KEY` when tenants are configured (401 without a valid key);
-2. model: the OpenAI `model` field on `/v1/*` (else the `X-Model` header), the `X-Model` header on TGI routes;
-   no model, `"tgi"` or an unknown model: the default pool's model; none: 404 (`parsing.py`);
-3. pool: the routing rule of `routing.py` among the pools serving that model that the tenant may use (403
+1. tenant: `Authorization: Bearer KEY` when tenants are configured (401 with `WWW-Authenticate` without a
+   valid key);
+2. body: `Content-Type: application/json` (415), within `clientTimeoutSeconds` (408) and 4 MiB (413), JSON
+   as TGI reads it (400, `tgipool.strict_json`), an object (422);
+3. model: the OpenAI `model` field on `/v1/*` (else the `X-Model` header), the `X-Model` header on TGI routes;
+   no model or `"tgi"`: the default pool's model; a model no pool serves: 404 `model_not_found`
+   (`parsing.py`, which also checks the fields the charge depends on: 422);
+4. pool: the routing rule of `routing.py` among the pools serving that model that the tenant may use (403
    when it may use none of them); a request too long for all of them: 422 with TGI's message;
-4. tenant limits (429 `rate_limited` with Retry-After);
-5. endpoint: least work in flight; a saturated pool spills to its `fallbackPool` when that pool has room and
+5. tenant limits (429 `rate_limited` with Retry-After; 413 `request_too_large` for a request over a whole
+   bucket, which would never pass);
+6. endpoint: least work in flight; a saturated pool spills to its `fallbackPool` when that pool has room and
    fits the request, else the request waits in the pool's priority queue (priority: the tenant's, or the
    `X-Priority` header, which a tenant may use to lower but not raise its own) and gets 429 `overloaded`
    with Retry-After when `queueTimeoutSeconds` passes or the queue already holds `maxQueueLength` requests
-   (steps 3-5: `dispatch.py`);
-6. proxy: retries, overload redispatch and streaming (`proxy.py`).
+   (steps 4-6: `dispatch.py`);
+7. proxy: retries, overload redispatch, streaming and the upstream timeouts (`proxy.py`). The model name
+   TGI gets is always one it expects: a served name becomes `"tgi"` (any other name is a LoRA adapter id
+   to TGI).
 
-Every response of a routed request carries `X-TGIPool-Pool: <pool>`. Gateway errors use TGI's
-`{"error","error_type"}` shape (`errors.py`). `GET /info` is proxied to the `X-Model` (or default) pool;
-`GET /health` and `GET /` answer 200 while some pool has a usable endpoint (no fan-out); `GET /metrics` is
-the gateway's own.
+Every response of a routed request carries `X-TGIPool-Pool: <pool>`. Gateway errors use the route's shape
+(`errors.py`): TGI's `{"error","error_type"}`, OpenAI's `{"error":{...}}` on `/v1/*`. `GET /info` is proxied
+to the `X-Model` (or default) pool; `GET /health` and `GET /` answer 200 while some pool has a usable endpoint
+(no fan-out, no key: probes use it); `GET /metrics` is the gateway's own. With tenants, `/info`,
+`/v1/models` and `/metrics` need a key like generation does (metrics name tenants; the model list shows a
+tenant only its models). Any other path or method: 404 / 405 in the route's shape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from tgipool import strict_json
 from tgipool.gateway import proxy
 from tgipool.gateway.config import GatewayConfig
 from tgipool.gateway.dispatch import dispatch
-from tgipool.gateway.errors import Rejection, error_response
+from tgipool.gateway.errors import Rejection, bad_request, error_response, render, unauthorized
+from tgipool.gateway.http_server import GatewayRunner
 from tgipool.gateway.parsing import OPENAI_ROUTES, TGI_ROUTES, parse_request
 from tgipool.gateway.state import Gateway
 from tgipool.gateway.tenants import Tenant
 from tgipool.serving import ListeningApp
 
 GATEWAY_KEY = web.AppKey("tgipool_gateway", Gateway)
+MAX_BODY_BYTES = 4 * 1024 * 1024
+_GET_ROUTES = ("/", "/health", "/info", "/metrics", "/v1/models")
+
+
+def _json_content_type(request: web.BaseRequest) -> bool:
+    """axum's `Json` rule: `application/json` or `application/*+json`."""
+    ctype = request.content_type
+    return ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))
 
 
 class Handlers:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
 
+    def tenant(self, request: web.BaseRequest) -> Tenant | None:
+        """The request's tenant when tenants are configured (else None); Rejection 401 without a key."""
+        gw = self.gw
+        if not gw.tenants.enabled:
+            return None
+        given = request.headers.get("Authorization")
+        tenant = gw.tenants.authenticate(given)
+        if tenant is None:
+            raise unauthorized(bool(given))
+        return tenant
+
+    async def read_body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
+        """The body and its JSON object, read within clientTimeoutSeconds; Rejection (400, 408, 413, 415,
+        422)."""
+        if not _json_content_type(request):
+            raise bad_request("Expected request with `Content-Type: application/json`", 415)
+        try:
+            async with asyncio.timeout(self.gw.config.client_timeout_seconds):
+                raw = await request.read()
+        except TimeoutError:
+            raise Rejection(
+                408,
+                f"The request body did not arrive within {self.gw.config.client_timeout_seconds:g} s "
+                "(clientTimeoutSeconds)",
+                "timeout",
+                "client_timeout",
+            ) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise bad_request(f"Request body over the limit of {MAX_BODY_BYTES} bytes", 413) from None
+        except HttpProcessingError as exc:  # a broken chunked or compressed body
+            raise bad_request(f"Malformed request body ({type(exc).__name__})") from None
+        try:
+            data = strict_json.loads(raw)
+        except strict_json.JsonSyntaxError as exc:
+            raise bad_request(f"Failed to parse the request body as JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise bad_request("Request body must be a JSON object", 422)
+        return raw, data
+
     async def generate(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
         gw = self.gw
         route = request.path
-        tenant: Tenant | None = None
-        if gw.tenants.enabled:
-            tenant = gw.tenants.authenticate(request.headers.get("Authorization"))
-            if tenant is None:
-                return gw.reject(route, Rejection(401, "Unauthorized", "authentication", "unauthorized"))
-            gw.child(gw.metrics.tenant_requests, tenant.name).inc()
-        body = await request.read()
         try:
-            data = json.loads(body)
-        except ValueError as exc:
-            gw.metrics.rejections.labels("bad_request").inc()
-            gw.done(route, 400)
-            return web.Response(
-                status=400, text=f"Failed to parse the request body as JSON: {exc}", content_type="text/plain"
-            )
-        if not isinstance(data, dict):
-            return gw.reject(
-                route, Rejection(422, "Request body must be a JSON object", "validation", "bad_request")
-            )
-        try:
+            tenant = self.tenant(request)
+            if tenant is not None:
+                gw.child(gw.metrics.tenant_requests, tenant.name).inc()
+            body, data = await self.read_body(request)
             d = await dispatch(
                 gw, parse_request(route, data, request.headers.get("X-Model")), tenant, request.headers
             )
         except Rejection as rej:
-            return gw.reject(route, rej)
-        if route.startswith("/v1/") and data.get("model") == d.pool.model:
+            resp = gw.reject(route, rej)
+            if rej.status in (408, 413):
+                resp.force_close()  # the rest of the body is not worth reading
+            return resp
+        model = data.get("model")
+        if route.startswith("/v1/") and isinstance(model, str) and model != "tgi":
             # TGI serves its base model as "tgi" and takes any other name for a LoRA adapter id:
             # the served name clients use must not reach it.
             body = json.dumps({**data, "model": "tgi"}, separators=(",", ":")).encode()
@@ -82,9 +131,16 @@ class Handlers:
         return await proxy.forward(gw, request, route, body, d, t0, stream)
 
     async def info(self, request: web.Request) -> web.StreamResponse:
-        pools = self.gw.table.candidates(request.headers.get("X-Model"))
+        try:
+            tenant = self.tenant(request)
+        except Rejection as rej:
+            return render(request.path, rej)
+        model = request.headers.get("X-Model")
+        pools = self.gw.table.candidates(model)
+        if tenant is not None and tenant.pools is not None and pools:
+            pools = [p for p in pools if p.name in tenant.pools]
         if not pools:
-            return error_response(404, "No pool serves this model", "model_not_found")
+            return error_response(404, f"No pool serves model {model!r} here", "model_not_found")
         return await proxy.info(self.gw, min(pools, key=lambda p: (p.total_limit, -p.priority, p.name)))
 
     async def health(self, request: web.Request) -> web.StreamResponse:
@@ -95,20 +151,67 @@ class Handlers:
         return error_response(503, "unhealthy", "healthcheck")
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self.tenant(request)
+        except Rejection as rej:
+            return render(request.path, rej)
         return web.Response(body=self.gw.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "tgipool"}
-            for name in self.gw.table.by_model
+        try:
+            tenant = self.tenant(request)
+        except Rejection as rej:
+            return render(request.path, rej)
+        table = self.gw.table
+        names = [
+            name
+            for name, pools in table.by_model.items()
+            if tenant is None or tenant.pools is None or any(p.name in tenant.pools for p in pools)
         ]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "tgipool"} for name in names]
         return web.json_response({"object": "list", "data": data})
+
+    async def other(self, request: web.Request) -> web.StreamResponse:
+        """Any other path or method, in the route's shape."""
+        path = request.path
+        if path in _GET_ROUTES or path in TGI_ROUTES or path in OPENAI_ROUTES:
+            allow = ", ".join(
+                m
+                for m, paths in (("GET", _GET_ROUTES), ("POST", (*TGI_ROUTES, *OPENAI_ROUTES)))
+                if path in paths
+            )
+            rej = Rejection(
+                405, f"Method {request.method[:16]} not allowed on {path}", "bad_request", "bad_request"
+            )
+            return render(path, rej, {"Allow": allow})
+        return render(path, Rejection(404, "Not found", "not_found", "bad_request"))
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue`: a request refused on its headers (no key) is answered before its body."""
+        if request.version != HttpVersion11:
+            return None
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            rej = Rejection(
+                417, "Unsupported Expect header: only 100-continue is", "bad_request", "bad_request"
+            )
+        else:
+            try:
+                self.tenant(request)
+            except Rejection as exc:
+                rej = exc
+            else:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0
+                return None
+        resp = render(request.path, rej)
+        resp.force_close()
+        return resp
 
 
 def build_app(config: GatewayConfig, gateway: Gateway | None = None) -> web.Application:
     """The gateway app (its ClientSession lives while the app runs); `app[GATEWAY_KEY].apply(cfg)` updates."""
     gw = gateway or Gateway(config)
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[GATEWAY_KEY] = gw
     h = Handlers(gw)
 
@@ -119,12 +222,17 @@ def build_app(config: GatewayConfig, gateway: Gateway | None = None) -> web.Appl
 
     app.cleanup_ctx.append(lifecycle)
     for path in (*TGI_ROUTES, *OPENAI_ROUTES):
-        app.router.add_post(path, h.generate)
-    app.router.add_get("/", h.health)
-    app.router.add_get("/health", h.health)
-    app.router.add_get("/info", h.info)
-    app.router.add_get("/metrics", h.metrics)
-    app.router.add_get("/v1/models", h.models)
+        app.router.add_post(path, h.generate, expect_handler=h.expect)
+    get_handlers = {
+        "/": h.health,
+        "/health": h.health,
+        "/info": h.info,
+        "/metrics": h.metrics,
+        "/v1/models": h.models,
+    }
+    for path, handler in get_handlers.items():
+        app.router.add_get(path, handler, expect_handler=h.expect)
+    app.router.add_route("*", "/{tail:.*}", h.other, expect_handler=h.expect)
     return app
 
 
@@ -132,5 +240,20 @@ class GatewayServer(ListeningApp):
     """The gateway on a listening socket (`port=0`: a free port, see `.port` after `start()`)."""
 
     def __init__(self, config: GatewayConfig, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(build_app(config), host, port, backlog=1024)
-        self.gateway = self.app[GATEWAY_KEY]
+        app = build_app(config)
+        gw = app[GATEWAY_KEY]
+        runner = GatewayRunner(
+            app,
+            lambda: gw.config.client_timeout_seconds,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=1.0,
+        )
+        super().__init__(app, host, port, backlog=1024, runner=runner)
+        self.gateway = gw
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now."""
+        server = self._runner.server
+        return len(server.connections) if server is not None else 0

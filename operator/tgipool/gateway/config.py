@@ -5,6 +5,13 @@ defaultPool: short-pool        # optional: serves requests without a model (or w
 queueTimeoutSeconds: 5         # optional, default 5: longest wait in a saturated pool's queue before 429
 maxQueueLength: 1024           # optional, default 1024 per pool: beyond it a saturated pool says 429 at once
 connectTimeoutSeconds: 2       # optional, default 2: TCP connect to an endpoint (then: retry elsewhere)
+responseTimeoutSeconds: 600    # optional, default 600: an endpoint's answer headers (and a non-streamed
+                               #   answer's body) must arrive within it, else 504; generations take minutes
+streamIdleTimeoutSeconds: 60   # optional, default 60: longest gap between bytes of a stream (TGI sends a
+                               #   keep-alive comment every 15 s), else the stream ends with an error event
+clientTimeoutSeconds: 60       # optional, default 60: a client's request headers, then its body, must
+                               #   arrive within it (else the connection closes / 408); idle keep-alive
+                               #   connections close after it; a client not reading a stream for it is gone
 pools:
 - name: short-pool
   servedName: llama3-8b-ru     # the name clients ask for; several pools may serve one name
@@ -61,6 +68,9 @@ class GatewayConfig(_Spec):
     queue_timeout_seconds: float = Field(default=5.0, ge=0, le=3600)
     max_queue_length: int = Field(default=1024, ge=0, le=1_000_000)
     connect_timeout_seconds: float = Field(default=2.0, gt=0, le=300)
+    response_timeout_seconds: float = Field(default=600.0, gt=0, le=86400)
+    stream_idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    client_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     pools: list[Route] = Field(default_factory=list)
     tenants: list[TenantConfig] = Field(default_factory=list)
 

@@ -30,40 +30,60 @@ class Dispatch:
 async def dispatch(
     gw: Gateway, parsed: ParsedRequest, tenant: Tenant | None, headers: Mapping[str, str]
 ) -> Dispatch:
-    """The pool for a request; raises Rejection (404, 403, 422 or 429) when there is none."""
+    """The pool for a request; raises Rejection (404, 403, 413, 422 or 429) when there is none."""
     pools = gw.table.candidates(parsed.model)
     if pools is None:
-        raise Rejection(404, f"Model {parsed.model!r} is not served here", "model_not_found", "unknown_model")
+        if parsed.model is None or parsed.model == "tgi":
+            message = "No model given and no default pool: name a model"
+        else:
+            message = f"The model {parsed.model[:200]!r} does not exist"
+        raise Rejection(404, message, "model_not_found", "unknown_model", param="model")
     if tenant is not None and tenant.pools is not None:
         pools = [p for p in pools if p.name in tenant.pools]
         if not pools:
             raise Rejection(
                 403, f"Tenant {tenant.name} may not use model {parsed.model!r}", "forbidden", "forbidden"
             )
-    counts: dict[str, tuple[int, int]] = {}
+    counts: dict[str, list[int]] = {}
     for p in pools:
         if p.counter.key not in counts:
             counts[p.counter.key] = await measure(p, parsed.texts)
-    choice = gw.table.choose(pools, {k: v[0] for k, v in counts.items()}, parsed.max_new)
+    choice = gw.table.choose(pools, {k: max(v) for k, v in counts.items()}, parsed.max_new)
     if choice.pool is None:
         assert choice.error is not None
         raise Rejection(422, "Input validation error: " + choice.error, "validation", "too_long")
     pool = choice.pool
-    n_total = counts[pool.counter.key][1]
-    cost = n_total + (parsed.max_new or 0) * len(parsed.texts)
-    if tenant is not None:
-        refused = tenant.check(cost)
-        if refused is not None:
-            limit, wait = refused
-            raise Rejection(
-                429,
-                f"Rate limit exceeded: tenant {tenant.name} is over its {limit}",
-                "rate_limited",
-                "rate_limited",
-                {"Retry-After": str(wait)},
-            )
+    n = counts[pool.counter.key]
     fallback = await _fallback(gw, pool, tenant, parsed)
-    return Dispatch(pool, fallback, n_total, priority(headers, tenant))
+    if tenant is not None:  # the most the request may use, on its pool or on the fallback
+        cost = parsed.cost(pool, n)
+        if fallback is not None:
+            cost = max(cost, parsed.cost(fallback, await measure(fallback, parsed.texts)))
+        _charge(tenant, cost)
+    return Dispatch(pool, fallback, sum(n), priority(headers, tenant))
+
+
+def _charge(tenant: Tenant, cost: int) -> None:
+    """Take the request's cost from the tenant's buckets, or refuse it (taking nothing)."""
+    refused = tenant.check(cost)
+    if refused is None:
+        return
+    if refused.never:
+        raise Rejection(
+            413,
+            f"Request too large for tenant {tenant.name}: it may use {cost} tokens (its input and all it may "
+            f"generate), more than its whole {refused.limit} of {refused.capacity:g}; it can never be "
+            "served: lower max_new_tokens / max_tokens (or set one) or shorten the prompt",
+            "request_too_large",
+            "too_large_for_quota",
+        )
+    raise Rejection(
+        429,
+        f"Rate limit exceeded: tenant {tenant.name} is over its {refused.limit}",
+        "rate_limited",
+        "rate_limited",
+        {"Retry-After": str(refused.wait)},
+    )
 
 
 async def _fallback(gw: Gateway, pool: Pool, tenant: Tenant | None, parsed: ParsedRequest) -> Pool | None:
@@ -73,7 +93,7 @@ async def _fallback(gw: Gateway, pool: Pool, tenant: Tenant | None, parsed: Pars
     fb = gw.table.pools.get(pool.fallback)
     if fb is None or (tenant is not None and tenant.pools is not None and fb.name not in tenant.pools):
         return None
-    n, _ = await measure(fb, parsed.texts)
+    n = max(await measure(fb, parsed.texts))
     return fb if fb.accepts(n, parsed.max_new) else None
 
 

@@ -1,4 +1,19 @@
-"""What a generation request asks for: its model, prompts, `max_new_tokens` and priority."""
+"""What a generation request asks for: its model, prompts, and how many tokens the backend may generate.
+
+The body is read as TGI reads it (`tgipool.strict_json`: 400 for what serde_json refuses). The fields that
+decide routing and the tenant's charge are checked with TGI's types before anything is charged (422 in the
+route's shape otherwise), so a request cannot buy a cheap charge with a value TGI would refuse or read
+differently:
+
+| route | generation per prompt (`max_new`) | sequences per prompt |
+|---|---|---|
+| `/generate`, `/generate_stream`, `/` | `parameters.max_new_tokens` (u32) | `parameters.best_of` (usize) |
+| `/v1/chat/completions` | `max_completion_tokens`, else `max_tokens` (u32; TGI's order) | `n` (u32) |
+| `/v1/completions` | `max_tokens` (u32) | the larger of `n` and `best_of` (u32) |
+
+No `max_new`: TGI generates up to the context (`maxTotalTokens - input`), and that is what is charged.
+`n` and `best_of` are charged wherever the OpenAI API honours them, even where TGI ignores them.
+"""
 
 from __future__ import annotations
 
@@ -6,55 +21,89 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tgipool.gateway.errors import Rejection
 from tgipool.gateway.routing import Pool
 from tgipool.gateway.tenants import Tenant
 from tgipool.gateway.tokens import chat_text, count_tokens
 
 TGI_ROUTES = ("/generate", "/generate_stream", "/")
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions")
+U32 = 2**32 - 1
+U64 = 2**64 - 1
 
 
 def int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def invalid(param: str, message: str) -> Rejection:
+    return Rejection(422, f"Input validation error: {message}", "validation", "bad_request", param=param)
+
+
+def _count(data: Mapping[str, Any], name: str, path: str, high: int = U32) -> int | None:
+    """An optional unsigned integer field, with TGI's type (a float, a bool or a negative is refused)."""
+    value = data.get(name)
+    if value is None:
+        return None
+    n = int_or_none(value)
+    if n is None or not 0 <= n <= high:
+        shown = str(value)[:40]
+        raise invalid(path, f"`{path}` must be an integer from 0 to {high}. Given: {shown}")
+    return n
+
+
 @dataclass(slots=True)
 class ParsedRequest:
-    model: str | None
+    model: str | None  # the served name asked for; None (or "tgi"): the default pool's
     texts: list[str]
-    max_new: int | None
+    max_new: int | None  # max_new_tokens as TGI takes it; None: TGI's default (up to the context)
+    sequences: int = 1  # sequences generated per prompt (best_of / n)
+
+    def cost(self, pool: Pool, counts: list[int]) -> int:
+        """Tokens the request may use on `pool`: each prompt's input plus all it may generate."""
+        total = 0
+        for n in counts:
+            new = self.max_new if self.max_new is not None else max(pool.total_limit - n, 0)
+            total += n + self.sequences * new
+        return total
+
+
+def _model(data: Mapping[str, Any], header_model: str | None) -> str | None:
+    model = data.get("model")
+    if model is None:
+        return header_model
+    if not isinstance(model, str):
+        raise invalid("model", "`model` must be a string")
+    return model
 
 
 def parse_request(path: str, data: dict[str, Any], header_model: str | None) -> ParsedRequest:
     """The OpenAI `model` field on `/v1/*` (else `X-Model`), `X-Model` on TGI routes."""
     if path == "/v1/chat/completions":
-        model = data.get("model")
-        max_new = int_or_none(data.get("max_tokens", data.get("max_completion_tokens")))
-        return ParsedRequest(
-            model if isinstance(model, str) else header_model, [chat_text(data.get("messages"))], max_new
-        )
+        mct = _count(data, "max_completion_tokens", "max_completion_tokens")
+        mt = _count(data, "max_tokens", "max_tokens")
+        n = _count(data, "n", "n") or 1
+        texts = [chat_text(data.get("messages"))]
+        return ParsedRequest(_model(data, header_model), texts, mct if mct is not None else mt, max(n, 1))
     if path == "/v1/completions":
-        model = data.get("model")
         prompt = data.get("prompt")
-        texts = [p for p in prompt if isinstance(p, str)] if isinstance(prompt, list) else [str(prompt or "")]
-        return ParsedRequest(
-            model if isinstance(model, str) else header_model,
-            texts or [""],
-            int_or_none(data.get("max_tokens")),
-        )
+        texts = [p for p in prompt if isinstance(p, str)] if isinstance(prompt, list) else []
+        if isinstance(prompt, str):
+            texts = [prompt]
+        sequences = max(_count(data, "n", "n") or 1, _count(data, "best_of", "best_of") or 1)
+        max_new = _count(data, "max_tokens", "max_tokens")
+        return ParsedRequest(_model(data, header_model), texts or [""], max_new, sequences)
     params = data.get("parameters")
-    max_new = int_or_none(params.get("max_new_tokens")) if isinstance(params, dict) else None
+    params = params if isinstance(params, dict) else {}
+    max_new = _count(params, "max_new_tokens", "parameters.max_new_tokens")
+    best_of = _count(params, "best_of", "parameters.best_of", U64) or 1
     inputs = data.get("inputs")
-    return ParsedRequest(header_model, [inputs if isinstance(inputs, str) else ""], max_new)
+    return ParsedRequest(header_model, [inputs if isinstance(inputs, str) else ""], max_new, max(best_of, 1))
 
 
-async def measure(pool: Pool, texts: list[str]) -> tuple[int, int]:
-    """(longest, total) input tokens of the request's prompts with the pool's tokenizer."""
-    if len(texts) == 1:
-        n = await count_tokens(pool.counter, texts[0])
-        return n, n
-    counts = [await count_tokens(pool.counter, t) for t in texts]
-    return max(counts), sum(counts)
+async def measure(pool: Pool, texts: list[str]) -> list[int]:
+    """Input tokens of each of the request's prompts with the pool's tokenizer."""
+    return [await count_tokens(pool.counter, t) for t in texts]
 
 
 def priority(headers: Mapping[str, str], tenant: Tenant | None) -> int:

@@ -1,37 +1,48 @@
-"""Proxying a dispatched request to an endpoint: retries, overload redispatch, streaming.
+"""Proxying a dispatched request to an endpoint: retries, overload redispatch, timeouts.
 
-The original body bytes go upstream unchanged (headers minus hop-by-hop ones, `Authorization`, `X-Model` and
-`X-Priority`); a connect failure or a 5xx before the first byte is retried once on another endpoint; an
+The body goes upstream with the client's headers minus hop-by-hop ones (those `Connection` names too),
+`Authorization`, `Cookie`, the client's `X-Forwarded-*` / `Forwarded` / `X-Real-IP`, `X-Model` and
+`X-Priority`. A connect failure or a 5xx before the first byte is retried once on another endpoint; an
 endpoint answering 429 (or a stream whose first event is TGI's overloaded error) is skipped for a moment and
-the request goes back to `acquire`; event streams are written to the client chunk by chunk as they arrive; a
-stream that breaks mid-way ends with `data:{"error":"...","error_type":"incomplete_generation_stream"}`.
+the request goes back to `acquire`.
+
+Timeouts (`config.py`): `connectTimeoutSeconds` for the TCP connect (then another endpoint);
+`responseTimeoutSeconds` for the answer's headers, and a non-streamed answer's body, else 504 in the route's
+shape (no retry: the endpoint took the request); `streamIdleTimeoutSeconds` for each gap in a stream
+(`streaming.py`). The slot is freed and the upstream request closed in every case, a client that goes away
+included (its handler is cancelled: `http_server.py`), so TGI stops generating for nobody. No answer names
+an endpoint's address: `X-TGIPool-Endpoint` carries its id (`routing.endpoint_id`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from tgipool.gateway.dispatch import Dispatch, acquire
-from tgipool.gateway.errors import POOL_HEADER, Rejection, error_response
+from tgipool.gateway.errors import POOL_HEADER, Rejection, error_response, render
 from tgipool.gateway.routing import Endpoint, Pool
 from tgipool.gateway.state import Gateway
-from tgipool.gateway.wake import COLD_START_HEADER, end_held_stream, hold, must_hold, start_held_stream
+from tgipool.gateway.streaming import ENDPOINT_HEADER, fail, relay, response_headers
+from tgipool.gateway.wake import COLD_START_HEADER, hold, must_hold, start_held_stream
 
 log = logging.getLogger("tgipool.gateway")
 
-ENDPOINT_HEADER = "X-TGIPool-Endpoint"
 _HOP_BY_HOP = frozenset(
     {
         "connection",
         "keep-alive",
         "proxy-authenticate",
         "proxy-authorization",
+        "proxy-connection",
         "te",
         "trailer",
         "trailers",
@@ -40,32 +51,75 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-_REQUEST_DROP = _HOP_BY_HOP | {"host", "authorization", "x-model", "x-priority"}
+# Also never upstream: the client's credentials and cookies, what it claims about forwarding, our own
+# routing headers, `Expect` (answered here), and `Content-Encoding` (aiohttp has decoded the body).
+_REQUEST_DROP = _HOP_BY_HOP | {
+    "host",
+    "authorization",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-real-ip",
+    "x-model",
+    "x-priority",
+    "expect",
+    "content-encoding",
+}
 _MAX_OVERLOAD_REDISPATCH = 8
 _STREAM_OVERLOADED = b'"error_type":"overloaded"'
+_UPSTREAM_TYPES = {
+    400: "bad_request",
+    401: "authentication",
+    413: "bad_request",
+    415: "bad_request",
+    422: "validation",
+}
+CLIENT_GONE = 499  # nginx's code for a client that closed the connection before the answer
 
 
-def _request_headers(request: web.Request) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _REQUEST_DROP)
+def request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
+    """The headers that go upstream (module docstring). Values that are not UTF-8 are dropped."""
+    named = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
+    out: CIMultiDict[str] = CIMultiDict()
+    for k, v in request.headers.items():
+        low = k.lower()
+        if low in _REQUEST_DROP or low in named:
+            continue
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            continue
+        out.add(k, v)
+    return out
 
 
-def _response_headers(upstream: aiohttp.ClientResponse, pool: str) -> CIMultiDict[str]:
-    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP)
-    headers[POOL_HEADER] = pool
-    # Which server answered: operators trace a slow or failing reply to one pod.
-    headers[ENDPOINT_HEADER] = str(upstream.url.origin())
-    return headers
+@dataclass
+class _Try:
+    """What the attempts of one request share."""
+
+    gw: Gateway
+    request: web.Request
+    route: str
+    body: bytes
+    stream: bool
+    t0: float
+    headers: CIMultiDict[str]
+    held: web.StreamResponse | None = None
+    cold: float | None = None
+    exclude: list[Endpoint] = field(default_factory=list)
+    retried: bool = False
+    redispatches: int = 0
+    upstream_time: float = 0.0
+    queued: float = 0.0
+    deadline: float = 0.0  # the queue's
 
 
-async def _fail(
-    gw: Gateway, route: str, rej: Rejection, pool: str, held: web.StreamResponse | None
-) -> web.StreamResponse:
-    """A refusal: the gateway's error answer, or the last event of a stream already started."""
-    if held is None:
-        return gw.reject(route, rej, pool)
-    gw.metrics.rejections.labels(rej.reason).inc()
-    gw.done(route, rej.status)
-    return await end_held_stream(held, route, rej)
+class _Again(Exception):  # noqa: N818 - control flow: try again
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 async def _hold(gw: Gateway, pool: Pool, held: web.StreamResponse | None, t0: float) -> float:
@@ -88,153 +142,154 @@ async def _hold(gw: Gateway, pool: Pool, held: web.StreamResponse | None, t0: fl
 async def forward(
     gw: Gateway, request: web.Request, route: str, body: bytes, d: Dispatch, t0: float, stream: bool = False
 ) -> web.StreamResponse:
-    table = gw.table
-    session = gw.session
-    assert session is not None, "Gateway.start() not called"
-    m = gw.metrics
-    pool, tokens = d.pool, d.tokens
-    headers = _request_headers(request)
-    exclude: list[Endpoint] = []
-    retried = False
-    redispatches = 0
-    upstream_time = 0.0
-    queued = 0.0
-    gw.child(m.routed, pool.name).inc()
-    cold: float | None = None
-    held: web.StreamResponse | None = None
+    pool = d.pool
+    t = _Try(gw, request, route, body, stream, t0, request_headers(request))
+    gw.child(gw.metrics.routed, pool.name).inc()
     if must_hold(pool):
-        held = await start_held_stream(request, pool.name) if stream else None
+        t.held = await start_held_stream(request, pool.name) if stream else None
         try:
-            cold = await _hold(gw, pool, held, t0)
+            t.cold = await _hold(gw, pool, t.held, t0)
         except Rejection as rej:
-            return await _fail(gw, route, rej, pool.name, held)
+            return await fail(gw, route, rej, pool.name, t.held)
     else:
         gw.demand.note(pool)  # a resting-tier pool at work stays awake (rate-limited)
-    deadline = time.monotonic() + gw.config.queue_timeout_seconds
+    t.deadline = time.monotonic() + gw.config.queue_timeout_seconds
     while True:
         try:
             used, ep, waited = await acquire(
-                gw, pool, tokens, d.priority, d.fallback, exclude, max(0.0, deadline - time.monotonic())
+                gw, pool, d.tokens, d.priority, d.fallback, t.exclude, max(0.0, t.deadline - time.monotonic())
             )
         except Rejection as rej:
-            return await _fail(gw, route, rej, pool.name, held)
-        queued += waited
-        t_up = time.perf_counter()
+            return await fail(gw, route, rej, pool.name, t.held)
+        t.queued += waited
         try:
-            upstream = await session.request(request.method, ep.url + route, data=body, headers=headers)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            upstream_time += time.perf_counter() - t_up
-            table.release(ep, tokens)
-            if isinstance(exc, aiohttp.ClientConnectorError | TimeoutError):
-                table.mark_down(ep)
-            log.debug("pool %s: endpoint %s failed: %s", used.name, ep.url, exc)
-            if not retried:
-                retried = True
-                exclude.append(ep)
-                m.retries.labels(used.name, "connect_error").inc()
-                continue
-            return await _fail(
-                gw,
-                route,
-                Rejection(502, f"Upstream connection failed: {exc}", "unavailable", "upstream_error"),
-                used.name,
-                held,
+            return await _attempt(t, used, ep, d.tokens)
+        except _Again as again:
+            gw.metrics.retries.labels(used.name, again.reason).inc()
+
+
+async def _attempt(t: _Try, pool: Pool, ep: Endpoint, tokens: int) -> web.StreamResponse:
+    """One try on `ep`, which it always releases; raises _Again when another try may do better."""
+    gw, route = t.gw, t.route
+    assert gw.session is not None, "Gateway.start() not called"
+    cfg = gw.config
+    loop = asyncio.get_running_loop()
+    answer_by = loop.time() + cfg.response_timeout_seconds
+    status = CLIENT_GONE  # unless the attempt gets further
+    t_up = time.perf_counter()
+    upstream: aiohttp.ClientResponse | None = None
+    again = counted = False  # counted: `fail` has counted the answer
+    try:
+        try:
+            async with asyncio.timeout_at(answer_by):
+                upstream = await gw.session.request(
+                    t.request.method, ep.url + route, data=t.body, headers=t.headers
+                )
+        except aiohttp.ClientError as exc:  # refused, connect timeout, closed before answering
+            if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+                gw.table.mark_down(ep)
+            log.debug("pool %s: endpoint %s failed: %s", pool.name, ep.id, exc)
+            status = 502
+            if not t.retried:
+                t.retried, again = True, True
+                t.exclude.append(ep)
+                raise _Again("connect_error") from None
+            rej = Rejection(
+                502, f"No endpoint of pool {pool.name} could be reached", "unavailable", "upstream_error"
             )
+            counted = True
+            return await fail(gw, route, rej, pool.name, t.held)
+        except TimeoutError:
+            counted = True
+            return await fail(gw, route, _timed_out(cfg.response_timeout_seconds), pool.name, t.held)
         status = upstream.status
         is_stream = upstream.content_type == "text/event-stream"
-        first = b""
+        first, stalled = b"", False
         overloaded = status == 429
-        try:
-            if is_stream and status == 200:
-                first = await upstream.content.readany()
+        if is_stream and status == 200:
+            try:
+                async with asyncio.timeout(cfg.stream_idle_timeout_seconds):
+                    first = await upstream.content.readany()
                 overloaded = first.startswith(b'data:{"error"') and _STREAM_OVERLOADED in first
-        except (aiohttp.ClientError, TimeoutError):
-            status = 502  # died before the first byte: same as a 5xx
-        if overloaded and redispatches < _MAX_OVERLOAD_REDISPATCH and time.monotonic() < deadline:
-            redispatches += 1
-            upstream.close()
-            upstream_time += time.perf_counter() - t_up
-            table.release(ep, tokens)
-            table.mark_busy(ep)
-            m.retries.labels(used.name, "overloaded").inc()
-            continue
-        if status >= 500 and not retried:
-            retried = True
-            upstream.close()
-            upstream_time += time.perf_counter() - t_up
-            table.release(ep, tokens)
-            exclude.append(ep)
-            m.retries.labels(used.name, "status_5xx").inc()
-            continue
+            except aiohttp.ClientError:
+                status = 502  # died before the first byte: same as a 5xx
+            except TimeoutError:
+                stalled = True
+        if overloaded and t.redispatches < _MAX_OVERLOAD_REDISPATCH and time.monotonic() < t.deadline:
+            t.redispatches += 1
+            gw.table.mark_busy(ep)
+            again = True
+            raise _Again("overloaded")
+        if status >= 500 and not t.retried:
+            t.retried, again = True, True
+            t.exclude.append(ep)
+            raise _Again("status_5xx")
+        if is_stream and status < 500:
+            return await relay(gw, t.request, route, upstream, first, pool.name, ep.id, t.t0, t.held, stalled)
+        if is_stream:  # a stream that died before its first byte
+            closed = Rejection(502, "Upstream closed the stream", "unavailable", "upstream_error")
+            counted = True
+            return await fail(gw, route, closed, pool.name, t.held)
         try:
-            if is_stream and status < 500:
-                return await _stream(gw, request, upstream, first, used.name, t0, held)
-            payload = await upstream.read() if status != 502 or not is_stream else b""
-            if status == 502 and is_stream:
-                closed = Rejection(502, "Upstream closed the stream", "unavailable", "upstream_error")
-                return await _fail(gw, route, closed, used.name, held)
-            if held is not None:  # the stream started while the pool woke; the pod refused the request
-                return await _fail(gw, route, _refusal(status, payload), used.name, held)
-            headers = _response_headers(upstream, used.name)
-            if cold is not None:
-                headers[COLD_START_HEADER] = f"{cold:.1f}"
-            return web.Response(status=status, body=payload, headers=headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            failed = Rejection(502, f"Upstream failed: {exc}", "unavailable", "upstream_error")
-            return await _fail(gw, route, failed, used.name, held)
-        finally:
-            upstream.release()
-            end = time.perf_counter()
-            upstream_time += end - t_up
-            table.release(ep, tokens)
-            gw.child(m.upstream, used.name).observe(upstream_time)
-            gw.child(m.added, used.name).observe(max(0.0, end - t0 - upstream_time - queued))
-            gw.child(m.request_seconds, used.name).observe(end - t0)
-            gw.done(route, status)
+            async with asyncio.timeout_at(answer_by):
+                payload = await upstream.read()
+        except TimeoutError:
+            counted = True
+            return await fail(gw, route, _timed_out(cfg.response_timeout_seconds), pool.name, t.held)
+        except aiohttp.ClientError as exc:
+            log.debug("pool %s: endpoint %s failed mid-answer: %s", pool.name, ep.id, exc)
+            failed = Rejection(502, "Upstream failed while answering", "unavailable", "upstream_error")
+            counted = True
+            return await fail(gw, route, failed, pool.name, t.held)
+        if t.held is not None:  # the stream started while the pool woke; the pod refused the request
+            counted = True
+            return await fail(gw, route, _refusal(status, payload), pool.name, t.held)
+        headers = response_headers(upstream, pool.name, ep.id)
+        if status >= 400 and (route.startswith("/v1/") or upstream.content_type != "application/json"):
+            # TGI's body rejections are axum's plain text, and its errors TGI-shaped on /v1 too: the
+            # client gets the route's shape, with TGI's message.
+            return render(route, _refusal(status, payload), {POOL_HEADER: pool.name, ENDPOINT_HEADER: ep.id})
+        if t.cold is not None:
+            headers[COLD_START_HEADER] = f"{t.cold:.1f}"
+        return web.Response(status=status, body=payload, headers=headers)
+    finally:
+        if upstream is not None:
+            # Not read to the end (a timeout, a client gone, a retry): the connection closes, and TGI
+            # cancels the generation; else it goes back to the pool.
+            if upstream.content.is_eof():
+                upstream.release()
+            else:
+                upstream.close()
+        end = time.perf_counter()
+        t.upstream_time += end - t_up
+        gw.table.release(ep, tokens)
+        if not again:
+            m = gw.metrics
+            gw.child(m.upstream, pool.name).observe(t.upstream_time)
+            gw.child(m.added, pool.name).observe(max(0.0, end - t.t0 - t.upstream_time - t.queued))
+            gw.child(m.request_seconds, pool.name).observe(end - t.t0)
+            if not counted:
+                gw.done(route, status)
+
+
+def _timed_out(seconds: float) -> Rejection:
+    message = f"Upstream did not answer within {seconds:g} s (responseTimeoutSeconds)"
+    return Rejection(504, message, "timeout", "upstream_timeout")
 
 
 def _refusal(status: int, payload: bytes) -> Rejection:
-    """A backend's error answer, carried into a stream that had already started."""
+    """A backend's error answer, to be given in the route's shape (or as a stream's last event)."""
     try:
         body = json.loads(payload)
-        return Rejection(
-            status, str(body.get("error", body)), str(body.get("error_type", "upstream")), "upstream"
-        )
-    except (ValueError, AttributeError):
-        return Rejection(status, payload.decode(errors="replace")[:500], "upstream", "upstream")
-
-
-async def _stream(
-    gw: Gateway,
-    request: web.Request,
-    upstream: aiohttp.ClientResponse,
-    first: bytes,
-    pool: str,
-    t0: float,
-    held: web.StreamResponse | None = None,
-) -> web.StreamResponse:
-    resp = held
-    if resp is None:
-        resp = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream, pool))
-        await resp.prepare(request)
-    try:
-        if first:
-            await resp.write(first)
-            gw.child(gw.metrics.ttft, pool).observe(time.perf_counter() - t0)
-        try:
-            async for chunk in upstream.content.iter_any():
-                await resp.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
-            log.debug("pool %s: stream broke: %s", pool, exc)
-            gw.metrics.rejections.labels("upstream_error").inc()
-            await resp.write(
-                b'data:{"error":"Incomplete generation stream: upstream failed",'
-                b'"error_type":"incomplete_generation_stream"}\n\n'
-            )
-        await resp.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        upstream.close()  # the client left: drop the upstream connection so TGI cancels the generation
-    return resp
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):  # OpenAI-shaped already
+        body = {"error": body["error"].get("message"), "error_type": body["error"].get("code")}
+    if isinstance(body, dict) and body.get("error") is not None:
+        error_type = str(body.get("error_type") or _UPSTREAM_TYPES.get(status, "upstream"))
+        return Rejection(status, str(body["error"]), error_type, "upstream")
+    text = payload.decode(errors="replace")[:500] or HTTPStatus(status).phrase
+    return Rejection(status, text, _UPSTREAM_TYPES.get(status, "upstream"), "upstream")
 
 
 async def info(gw: Gateway, pool: Pool) -> web.StreamResponse:
@@ -244,11 +299,15 @@ async def info(gw: Gateway, pool: Pool) -> web.StreamResponse:
     assert gw.session is not None
     for ep in eps[:2]:
         try:
-            async with gw.session.get(ep.url + "/info") as upstream:
+            timeout = aiohttp.ClientTimeout(total=min(10.0, gw.config.response_timeout_seconds))
+            async with gw.session.get(ep.url + "/info", timeout=timeout) as upstream:
                 payload = await upstream.read()
                 return web.Response(
-                    status=upstream.status, body=payload, headers=_response_headers(upstream, pool.name)
+                    status=upstream.status, body=payload, headers=response_headers(upstream, pool.name, ep.id)
                 )
         except (aiohttp.ClientError, TimeoutError):
             gw.table.mark_down(ep)
     return error_response(503, "unhealthy", "healthcheck", {POOL_HEADER: pool.name})
+
+
+__all__ = ["ENDPOINT_HEADER", "forward", "info", "request_headers"]

@@ -26,8 +26,10 @@ removed, not cooling down after a connect failure or a 429, and below their conc
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from tgipool.gateway.tokens import TokenCounter, counter_for
 from tgipool.routes import Route
 
+log = logging.getLogger("tgipool.gateway")
 DEFAULT_CONCURRENCY = 128  # TGI's --max-concurrent-requests default, until /info says otherwise
 TGI_GENERATION_CHUNK = 1024  # DEFAULT_GENERATION_LENGTH: TGI validates min(max_new_tokens, 1024)
 DOWN_SECONDS = 1.0  # an endpoint refusing connections is skipped this long, then tried again
@@ -45,6 +48,11 @@ class PoolRemovedError(Exception):
     """The pool a request waited for was removed from the table."""
 
 
+def endpoint_id(url: str) -> str:
+    """An endpoint's name in answers (`X-TGIPool-Endpoint`): stable, and not its address."""
+    return "ep-" + hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]
+
+
 class Endpoint:
     """One TGI server, shared by every pool listing its URL; its counters survive table updates."""
 
@@ -52,6 +60,7 @@ class Endpoint:
         "busy_until",
         "configured_limit",
         "down_until",
+        "id",
         "in_flight",
         "in_flight_tokens",
         "info_requested",
@@ -63,6 +72,7 @@ class Endpoint:
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
+        self.id = endpoint_id(url)
         self.in_flight = 0
         self.in_flight_tokens = 0
         self.configured_limit: int | None = None
@@ -248,7 +258,11 @@ class RoutingTable:
             eps = []
             for url in pool.route.endpoints:
                 key = url.rstrip("/")
-                ep = new_endpoints.get(key) or self.endpoints.get(key) or Endpoint(key)
+                known = new_endpoints.get(key) or self.endpoints.get(key)
+                if known is None:
+                    known = Endpoint(key)
+                    log.info("endpoint %s is %s", known.id, key)  # X-TGIPool-Endpoint names it by id
+                ep = known
                 ep.removed = False
                 ep.configured_limit = pool.route.max_concurrent_requests
                 ep.pools.append(pool)
@@ -278,11 +292,10 @@ class RoutingTable:
 
     # --- lookups ---
     def candidates(self, model: str | None) -> list[Pool] | None:
-        """Pools serving `model`; no model, "tgi" or an unknown one: the default pool's model; else None."""
+        """Pools serving `model`; no model or "tgi" (TGI's name for its base model): the default pool's
+        model; None for a model no pool serves, or no model without a default pool."""
         if model is not None and model != "tgi":
-            found = self.by_model.get(model)
-            if found:
-                return found
+            return self.by_model.get(model) or None
         if self.default_pool is None:
             return None
         return self.by_model.get(self.pools[self.default_pool].model)

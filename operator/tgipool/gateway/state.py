@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from tgipool.gateway.config import GatewayConfig
-from tgipool.gateway.errors import POOL_HEADER, Rejection, error_response
+from tgipool.gateway.errors import POOL_HEADER, Rejection, render
 from tgipool.gateway.metrics import GatewayMetrics
 from tgipool.gateway.parsing import int_or_none
 from tgipool.gateway.routing import Endpoint, Pool, RoutingTable
@@ -116,10 +116,7 @@ class Gateway:
         self.child(self.metrics.requests, route, str(status)).inc()
 
     def reject(self, route: str, rej: Rejection, pool: str | None = None) -> web.Response:
-        """The error answer for `rej`, counted."""
+        """The error answer for `rej` in the route's shape, counted."""
         self.metrics.rejections.labels(rej.reason).inc()
-        headers = dict(rej.headers)
-        if pool is not None:
-            headers[POOL_HEADER] = pool
         self.done(route, rej.status)
-        return error_response(rej.status, rej.message, rej.error_type, headers)
+        return render(route, rej, {POOL_HEADER: pool} if pool is not None else None)

@@ -4,9 +4,10 @@ Keys are compared with `hmac.compare_digest` against every tenant's key (no earl
 key), and are never logged, exported as metrics or echoed in errors: only the tenant's name is.
 
 Limits: `requestsPerMinute` is a bucket of that many requests refilled continuously (rpm / 60 per second);
-`tokensPerMinute` likewise for tokens, charged with the request's estimated input tokens plus its
-`max_new_tokens` when given (the generation budget the request may use), else its input tokens.
-A request costing more than a whole bucket is refused with a Retry-After of 60 s.
+`tokensPerMinute` likewise for tokens, charged with all the request may use: its input tokens plus every
+token the backend may generate for it (`parsing.py`), validated before the charge. A charge is never
+negative and is never given back; a refused request takes nothing. A request costing more than a whole
+bucket can never be served: it is refused for good (`Refusal.never`), not told to retry.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from tgipool.gateway.config import TenantConfig
 
 
 class TokenBucket:
-    __slots__ = ("capacity", "level", "rate", "stamp")
+    __slots__ = ("capacity", "level", "per_minute", "rate", "stamp")
 
     def __init__(self, per_minute: float) -> None:
-        self.capacity = per_minute
+        self.per_minute = per_minute
+        self.capacity = max(per_minute, 1.0)  # below one, not even a single request would ever pass
         self.rate = per_minute / 60.0
-        self.level = per_minute
+        self.level = self.capacity
         self.stamp = time.monotonic()
 
     def _refill(self, now: float) -> None:
@@ -33,14 +35,26 @@ class TokenBucket:
         self.stamp = now
 
     def wait_for(self, cost: float, now: float) -> float:
-        """Seconds until `cost` is available (0 when it is now); does not take anything."""
+        """Seconds until `cost` is available (0 when it is now, inf when never); takes nothing."""
         self._refill(now)
         if cost > self.capacity:
-            return 60.0
+            return math.inf
         return 0.0 if self.level >= cost else (cost - self.level) / self.rate
 
     def take(self, cost: float) -> None:
+        if cost < 0:
+            raise ValueError("a charge is never negative")
         self.level -= cost
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Which limit refuses a request: `wait` seconds until it would pass, or `never` (over a whole bucket)."""
+
+    limit: str
+    wait: int
+    never: bool = False
+    capacity: float = 0.0
 
 
 @dataclass
@@ -52,17 +66,21 @@ class Tenant:
     tokens: TokenBucket | None = None
     key: bytes = field(default=b"", repr=False)
 
-    def check(self, tokens: int) -> tuple[str, int] | None:
-        """Take one request and `tokens` tokens, or say which limit refuses and the Retry-After seconds."""
+    def check(self, tokens: int) -> Refusal | None:
+        """Take one request and `tokens` tokens, or say which limit refuses (nothing is taken then)."""
+        if tokens < 0:
+            raise ValueError("a charge is never negative")
         now = time.monotonic()
-        waits = []
+        waits: list[tuple[str, float, TokenBucket]] = []
         if self.requests is not None and (w := self.requests.wait_for(1, now)) > 0:
-            waits.append(("requestsPerMinute", w))
+            waits.append(("requestsPerMinute", w, self.requests))
         if self.tokens is not None and (w := self.tokens.wait_for(tokens, now)) > 0:
-            waits.append(("tokensPerMinute", w))
+            waits.append(("tokensPerMinute", w, self.tokens))
         if waits:
-            limit, wait = max(waits, key=lambda x: x[1])
-            return limit, max(1, math.ceil(wait))
+            limit, wait, bucket = max(waits, key=lambda x: x[1])
+            if math.isinf(wait):
+                return Refusal(limit, 0, never=True, capacity=bucket.capacity)
+            return Refusal(limit, max(1, math.ceil(wait)))
         if self.requests is not None:
             self.requests.take(1)
         if self.tokens is not None:
@@ -94,19 +112,22 @@ class Tenants:
                 key=c.api_key.encode("utf-8"),
             )
             if c.requests_per_minute is not None:
-                same = prev and prev.requests and prev.requests.capacity == c.requests_per_minute
+                same = prev and prev.requests and prev.requests.per_minute == c.requests_per_minute
                 tenant.requests = prev.requests if same and prev else TokenBucket(c.requests_per_minute)
             if c.tokens_per_minute is not None:
-                same = prev and prev.tokens and prev.tokens.capacity == c.tokens_per_minute
+                same = prev and prev.tokens and prev.tokens.per_minute == c.tokens_per_minute
                 tenant.tokens = prev.tokens if same and prev else TokenBucket(c.tokens_per_minute)
             fresh.append(tenant)
         self.tenants = fresh
 
     def authenticate(self, authorization: str | None) -> Tenant | None:
-        """The tenant whose key is the bearer token, comparing against every key in constant time."""
+        """The tenant whose key is the bearer token, comparing against every key in constant time.
+
+        Header bytes that are not UTF-8 (aiohttp keeps them as surrogate escapes) are compared as sent:
+        they match no key, and never raise."""
         if not authorization or authorization[:7].lower() != "bearer ":
             return None
-        given = authorization[7:].strip().encode("utf-8")
+        given = authorization[7:].strip().encode("utf-8", "surrogateescape")
         found: Tenant | None = None
         for tenant in self.tenants:
             if hmac.compare_digest(given, tenant.key) and found is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import json
 import logging
 import math
 import time
@@ -21,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from tgipool.gateway.errors import POOL_HEADER, Rejection
+from tgipool.gateway.errors import POOL_HEADER, Rejection, error_event
 from tgipool.gateway.routing import Pool, RoutingTable
 
 log = logging.getLogger("tgipool.gateway.wake")
@@ -148,16 +147,9 @@ async def start_held_stream(request: web.Request, pool: str) -> web.StreamRespon
     return resp
 
 
-def error_event(route: str, message: str, error_type: str, status: int) -> bytes:
-    """An error as the last event of a stream: TGI's shape, or OpenAI's chunk and end marker on /v1."""
-    if route.startswith("/v1/"):
-        err = {"error": {"message": message, "type": error_type, "code": status}}
-        return b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n"
-    return b"data:" + json.dumps({"error": message, "error_type": error_type}).encode() + b"\n\n"
-
-
 async def end_held_stream(resp: web.StreamResponse, route: str, rej: Rejection) -> web.StreamResponse:
+    """The last event of a stream that started while its pool woke (`errors.error_event`)."""
     with contextlib.suppress(ConnectionResetError):
-        await resp.write(error_event(route, rej.message, rej.error_type, rej.status))
+        await resp.write(error_event(route, rej))
         await resp.write_eof()
     return resp

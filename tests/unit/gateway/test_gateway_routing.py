@@ -62,9 +62,11 @@ def test_reference_routing_rules() -> None:
             status, headers, body = await st.post("/", {"inputs": "Hi", "parameters": {"max_new_tokens": 2}})
             assert (status, headers["X-TGIPool-Pool"]) == (200, "short"), body
             assert isinstance(body, list)
-            # An unknown model with a default pool goes to the default pool's model.
-            status, headers, _ = await st.generate("Hi", headers={"X-Model": "nope"})
+            # "tgi" (TGI's name for its base model) goes to the default pool's model; an unknown model is 404.
+            status, headers, _ = await st.generate("Hi", headers={"X-Model": "tgi"})
             assert (status, headers["X-TGIPool-Pool"]) == (200, "short")
+            status, headers, body = await st.generate("Hi", headers={"X-Model": "nope"})
+            assert (status, body["error_type"]) == (404, "model_not_found")
             # /info goes to the X-Model's (smallest) pool.
             async with st.session.get(st.url + "/info", headers={"X-Model": "code-7b"}) as resp:
                 assert resp.status == 200
@@ -100,7 +102,9 @@ def test_error_shapes_422_404() -> None:
                 st.url + "/generate", data=b"not json", headers={"Content-Type": "application/json"}
             ) as resp:
                 assert resp.status == 400
-                assert "Failed to parse the request body as JSON" in await resp.text()
+                body = await resp.json()
+                assert body["error"].startswith("Failed to parse the request body as JSON")
+                assert body["error_type"] == "bad_request"
 
         def no_default(urls: dict[str, str]) -> dict[str, object]:
             cfg = reference_config(urls)

@@ -54,8 +54,10 @@ def test_tenant_auth_pools_and_limits() -> None:
             assert status == 200
             status, headers, body = await st.generate("hello there", max_new_tokens=50, headers=auth_c)
             assert status == 429 and "tokensPerMinute" in body["error"] and "Retry-After" in headers
-            # Unauthenticated routes stay open; keys never show in metrics.
+            # /metrics (it names tenants) needs a key like generation does; keys never show in metrics.
             async with st.session.get(st.url + "/metrics") as resp:
+                assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+            async with st.session.get(st.url + "/metrics", headers=auth_c) as resp:
                 metrics = await resp.text()
             assert 'tgipool_gateway_tenant_requests_total{tenant="team-b"} 3.0' in metrics
             for key in (KEY_A, KEY_B, KEY_C):

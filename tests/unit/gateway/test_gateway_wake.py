@@ -115,6 +115,7 @@ def test_streaming_clients_get_comments_while_held_then_the_stream() -> None:
                 st.url + "/v1/completions", json={"prompt": "Hi", "stream": True}
             ) as resp:
                 text = (await resp.read()).decode()
-            assert '"code": 503' in text and text.endswith("data: [DONE]\n\n")
+            assert '"code":"unavailable"' in text and '"http_status_code":503' in text
+            assert text.endswith("data: [DONE]\n\n")
 
     asyncio.run(scenario())

@@ -1,0 +1,96 @@
+"""The gateway's HTTP server below the routes: client timeouts, malformed requests, clients that leave.
+
+* `clientTimeoutSeconds`: a connection must complete a request's headers within it (counted from the
+  connection's start, or from the previous answer on a keep-alive connection), else it is closed; so an
+  idle keep-alive connection closes after it too. This is aiohttp's keep-alive timer, set for each new
+  connection from the live configuration. The handler reads the body under the same bound (`app.py`).
+* A request aiohttp's parser refuses (a malformed request line or header line, a line over 8 KiB...) gets
+  a 400 in TGI's error shape instead of aiohttp's text, which echoes the offending line, and the log says
+  only what kind of problem it was: a malformed `Authorization` line never reaches a log with its key.
+* A client that goes away cancels its handler (`handler_cancellation`): its slot frees and the upstream
+  request closes at once (`proxy.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from tgipool.gateway.errors import Rejection, render
+
+log = logging.getLogger("tgipool.gateway.http")
+
+_KINDS = {
+    "LineTooLong": "a request or header line is too long",
+    "BadStatusLine": "malformed request line",
+    "BadHttpMethod": "malformed request method",
+    "InvalidHeader": "malformed header",
+    "InvalidURLError": "malformed URL",
+    "ContentLengthError": "invalid Content-Length",
+    "TransferEncodingError": "invalid Transfer-Encoding",
+}
+
+
+class GatewayProtocol(RequestHandler):
+    """One client connection: aiohttp's, with the gateway's timeout and error answers."""
+
+    def __init__(self, manager: web.Server, *, client_timeout: float, **kwargs: Any) -> None:
+        kwargs["keepalive_timeout"] = client_timeout
+        super().__init__(manager, **kwargs)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's error answer (parser errors, unhandled exceptions), without the client's bytes."""
+        kind = type(exc).__name__ if exc is not None else "unknown"
+        if status >= 500:
+            log.error("error handling a request from %s: %s", request.remote, kind, exc_info=exc)
+            rej = Rejection(status, "Internal gateway error", "internal", "internal")
+        else:
+            # `message` and `exc` quote the offending line, which may hold a key: only its kind is said.
+            log.info("refused a malformed request from %s: %s", request.remote, kind)
+            text = _KINDS.get(kind, "malformed HTTP request")
+            rej = Rejection(status, f"Bad request: {text}", "bad_request", "bad_request")
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer has started: no error answer can follow")
+        resp = render("", rej)
+        resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    def __init__(self, *args: Any, client_timeout: Callable[[], float], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client_timeout = client_timeout
+
+    def __call__(self) -> RequestHandler:
+        kwargs = {k: v for k, v in self._kwargs.items() if k != "keepalive_timeout"}
+        return GatewayProtocol(self, loop=self._loop, client_timeout=self.client_timeout(), **kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """An AppRunner whose connections are `GatewayProtocol`s and whose handlers a disconnect cancels."""
+
+    def __init__(self, app: web.Application, client_timeout: Callable[[], float], **kwargs: Any) -> None:
+        super().__init__(app, handler_cancellation=True, **kwargs)
+        self._client_timeout = client_timeout
+
+    async def _make_server(self) -> web.Server:
+        base = await super()._make_server()  # runs the app's startup
+        return _Server(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            client_timeout=self._client_timeout,
+            **base._kwargs,
+        )

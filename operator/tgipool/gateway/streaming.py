@@ -1,0 +1,135 @@
+"""Relaying an event stream from an endpoint to the client, and ending any stream with an error.
+
+Events are written to the client as they arrive. The stream ends with the route's error event
+(`errors.error_event`: TGI's `data:{"error","error_type"}`, or on /v1 OpenAI's error chunk and
+`data: [DONE]`) when the endpoint breaks it (`incomplete_generation_stream`) or sends nothing for
+`streamIdleTimeoutSeconds` (`timeout`; TGI's keep-alive comments count as something). A client that stops
+reading for `clientTimeoutSeconds`, or leaves, ends it too; the caller closes the upstream response, so
+TGI cancels the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from tgipool.gateway.errors import POOL_HEADER, Rejection, error_event
+from tgipool.gateway.state import Gateway
+from tgipool.gateway.wake import end_held_stream
+
+log = logging.getLogger("tgipool.gateway")
+
+ENDPOINT_HEADER = "X-TGIPool-Endpoint"
+_RESPONSE_DROP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+
+
+class ClientGoneError(Exception):
+    """The client stopped reading (clientTimeoutSeconds) or closed the connection."""
+
+
+def response_headers(upstream: aiohttp.ClientResponse, pool: str, endpoint_id: str) -> CIMultiDict[str]:
+    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP)
+    headers[POOL_HEADER] = pool
+    # Which server answered, by id (never its address): operators trace a slow or failing reply to a pod.
+    headers[ENDPOINT_HEADER] = endpoint_id
+    return headers
+
+
+async def fail(
+    gw: Gateway, route: str, rej: Rejection, pool: str, held: web.StreamResponse | None
+) -> web.StreamResponse:
+    """A refusal: the gateway's error answer, or the last event of a stream already started."""
+    if held is None:
+        return gw.reject(route, rej, pool)
+    gw.metrics.rejections.labels(rej.reason).inc()
+    gw.done(route, rej.status)
+    return await end_held_stream(held, route, rej)
+
+
+async def _send(resp: web.StreamResponse, data: bytes, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await resp.write(data)
+    except (TimeoutError, ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+        raise ClientGoneError from exc
+
+
+async def relay(
+    gw: Gateway,
+    request: web.Request,
+    route: str,
+    upstream: aiohttp.ClientResponse,
+    first: bytes,
+    pool: str,
+    endpoint_id: str,
+    t0: float,
+    held: web.StreamResponse | None = None,
+    stalled: bool = False,
+) -> web.StreamResponse:
+    """Relay `upstream` (whose first bytes are `first`; `stalled`: none came in time) to the client."""
+    cfg = gw.config
+    idle, client = cfg.stream_idle_timeout_seconds, cfg.client_timeout_seconds
+    resp = held
+    if resp is None:
+        resp = web.StreamResponse(
+            status=upstream.status, headers=response_headers(upstream, pool, endpoint_id)
+        )
+        await resp.prepare(request)
+    end: Rejection | None = None
+    try:
+        if first:
+            await _send(resp, first, client)
+            gw.child(gw.metrics.ttft, pool).observe(time.perf_counter() - t0)
+        try:
+            while not stalled:
+                async with asyncio.timeout(idle):
+                    chunk = await upstream.content.readany()
+                if not chunk:
+                    break
+                await _send(resp, chunk, client)
+        except TimeoutError:
+            stalled = True
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            log.debug("pool %s: stream broke: %s", pool, exc)
+            end = Rejection(
+                500,
+                "Incomplete generation stream: upstream failed",
+                "incomplete_generation_stream",
+                "upstream_error",
+            )
+        if stalled:
+            end = Rejection(
+                504,
+                f"Upstream sent nothing for {idle:g} s (streamIdleTimeoutSeconds)",
+                "timeout",
+                "stream_idle_timeout",
+            )
+        if end is not None:
+            gw.metrics.rejections.labels(end.reason).inc()
+            await _send(resp, error_event(route, end), client)
+        await resp.write_eof()
+    except ClientGoneError:
+        log.debug("pool %s: the client left a stream", pool)
+        if request.transport is not None:
+            request.transport.abort()  # unread bytes would keep the connection (and its descriptor)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        pass  # the client left at write_eof: nothing more to send
+    return resp
