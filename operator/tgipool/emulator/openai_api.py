@@ -30,7 +30,12 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(c.get("text", "") for c in content if isinstance(c, dict) and c.get("type") == "text")
+        parts = [c for c in content if isinstance(c, dict) and c.get("type") == "text"]
+        if not all(isinstance(c.get("text"), str) for c in parts):
+            raise BodyRejectionError(
+                422, f"{_DESERIALIZE}messages: data did not match any variant of untagged enum"
+            )
+        return "".join(c["text"] for c in parts)
     if content is None:
         return ""
     raise BodyRejectionError(422, f"{_DESERIALIZE}messages: data did not match any variant of untagged enum")
@@ -82,11 +87,19 @@ async def chat_completions(emu: Emulator, request: web.Request, body: Any) -> we
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise BodyRejectionError(422, f"{_DESERIALIZE}missing field `messages`")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BodyRejectionError(
+            422, f"{_DESERIALIZE}stream_options: invalid type: expected struct StreamOptions"
+        )
     stream = bool(body.get("stream", False))
     raw = _sampling(body)
     presence = body.get("presence_penalty")
     raw["repetition_penalty"] = presence + 2 if isinstance(presence, int | float) else None
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    # TGI: `max_completion_tokens.or(max_tokens)`: a null one counts as absent.
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
     raw["max_new_tokens"] = max_tokens
     raw["decoder_input_details"] = not stream
     if body.get("top_logprobs") is not None and body.get("logprobs"):
@@ -119,7 +132,7 @@ async def chat_completions(emu: Emulator, request: web.Request, body: Any) -> we
         }
         return web.Response(body=sse.dumps(resp), headers=headers, content_type="application/json")
 
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+    include_usage = bool((options or {}).get("include_usage", False))
 
     async def chunks() -> AsyncIterator[bytes]:
         events = emu.generate_stream(gen)

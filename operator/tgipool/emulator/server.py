@@ -9,12 +9,12 @@ Body problems get axum's plain-text rejections (415 content type, 400 bad JSON, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
+from tgipool import strict_json
 from tgipool.emulator import openai_api, sse
 from tgipool.emulator.engine import Emulator
 from tgipool.emulator.errors import BodyRejectionError, InferError
@@ -56,13 +56,8 @@ async def read_json(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge as exc:
         raise BodyRejectionError(413, _PAYLOAD_TOO_LARGE) from exc
     try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise BodyRejectionError(
-            400,
-            f"Failed to parse the request body as JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-        ) from exc
-    except UnicodeDecodeError as exc:
+        return strict_json.loads(raw)  # what serde_json refuses: 400, never a 500 later
+    except strict_json.JsonSyntaxError as exc:
         raise BodyRejectionError(400, f"Failed to parse the request body as JSON: {exc}") from exc
 
 
@@ -193,17 +188,38 @@ def build_app(settings: EmulatorSettings, clock: Clock | None = None) -> web.App
         await emulator.stop()
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/", health)
-    app.router.add_post("/", compat_generate)
-    app.router.add_post("/generate", generate)
-    app.router.add_post("/generate_stream", generate_stream)
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/invocations", invocations)
-    app.router.add_post("/tokenize", tokenize)
-    app.router.add_get("/health", health)
-    app.router.add_get("/ping", health)
-    app.router.add_get("/info", info)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/v1/models", models)
+    posts: dict[str, Handler] = {
+        "/": compat_generate,
+        "/generate": generate,
+        "/generate_stream": generate_stream,
+        "/v1/chat/completions": chat_completions,
+        "/v1/completions": completions,
+        "/invocations": invocations,
+        "/tokenize": tokenize,
+    }
+    gets: dict[str, Handler] = {
+        "/": health,
+        "/health": health,
+        "/ping": health,
+        "/info": info,
+        "/metrics": metrics,
+        "/v1/models": models,
+    }
+    for path, handler in posts.items():
+        app.router.add_post(path, handler, expect_handler=expect_continue)
+    for path, handler in gets.items():
+        app.router.add_get(path, handler, expect_handler=expect_continue)
+
+    async def fallback(request: web.Request) -> web.StreamResponse:
+        """axum's answers for other paths (empty 404) and other methods (empty 405)."""
+        return web.Response(status=405 if request.path in posts or request.path in gets else 404)
+
+    app.router.add_route("*", "/{tail:.*}", fallback, expect_handler=expect_continue)
     return app
+
+
+async def expect_continue(request: web.Request) -> None:
+    """hyper's `Expect`: `100-continue` is answered, any other expectation ignored (never a 417 or 500)."""
+    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
