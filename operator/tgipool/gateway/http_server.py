@@ -3,7 +3,8 @@
 * `clientTimeoutSeconds`: a connection must complete a request's headers within it (counted from the
   connection's start, or from the previous answer on a keep-alive connection), else it is closed; so an
   idle keep-alive connection closes after it too. This is aiohttp's keep-alive timer, set for each new
-  connection from the live configuration. The handler reads the body under the same bound (`app.py`).
+  connection from the live configuration. The handler reads the body under the same bound (`app.py`),
+  and after an early answer the rest of a body is awaited (lingering) at most that long, 2 s at most.
 * A request aiohttp's parser refuses (a malformed request line or header line, a line over 8 KiB...) gets
   a 400 in TGI's error shape instead of aiohttp's text, which echoes the offending line, and the log says
   only what kind of problem it was: a malformed `Authorization` line never reaches a log with its key.
@@ -41,6 +42,9 @@ class GatewayProtocol(RequestHandler):
 
     def __init__(self, manager: web.Server, *, client_timeout: float, **kwargs: Any) -> None:
         kwargs["keepalive_timeout"] = client_timeout
+        # After an early answer (408, 413, 401 before the body), aiohttp reads the rest of the body for
+        # this long so the client sees the answer rather than a reset: bounded like the client itself.
+        kwargs["lingering_time"] = min(client_timeout, 2.0)
         super().__init__(manager, **kwargs)
 
     def handle_error(

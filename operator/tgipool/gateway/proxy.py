@@ -81,7 +81,7 @@ CLIENT_GONE = 499  # nginx's code for a client that closed the connection before
 
 def request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
     """The headers that go upstream (module docstring). Values that are not UTF-8 are dropped."""
-    named = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
+    named = {t.strip().lower() for v in request.headers.getall("Connection", ()) for t in v.split(",")}
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in request.headers.items():
         low = k.lower()
