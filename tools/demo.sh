@@ -100,6 +100,31 @@ step "kubectl get modelpools (P95 from Prometheus)"
 kubectl get modelpools
 step "kubectl get hpa (real values from the custom metrics API; scaled above replicas.min by the burst)"
 kubectl get hpa
+step "a warm pool: weights cached, zero GPUs at rest; the first request wakes it"
+kubectl apply --server-side -f examples/tiers/warm-pool.yaml >/dev/null
+for i in $(seq 1 60); do
+  [[ "$(kubectl get modelpool mistral-7b-warm -o jsonpath='{.status.phase}')" == Standby ]] && break
+  sleep 1
+done
+kubectl get modelpool mistral-7b-warm
+for i in $(seq 1 20); do  # the gateway follows the new pool by watch
+  [[ "$(curl -s -o /dev/null -w '%{http_code}' -H 'X-Model: mistral-7b' "http://127.0.0.1:$gw_port/info")" == 503 ]] && break
+  sleep 0.5
+done
+took=$(curl -sf -D /tmp/tgipool-demo-wake -o /tmp/tgipool-demo-answer -w '%{time_total}' \
+  "http://127.0.0.1:$gw_port/generate" -H 'content-type: application/json' -H 'X-Model: mistral-7b' \
+  -d '{"inputs":"hello","parameters":{"max_new_tokens":8}}') \
+  || { echo "  the warm pool did not answer; see $gw_log and $log"; exit 1; }
+echo "  answered in ${took} s (held by the gateway: X-TGIPool-Cold-Start" \
+  "$(grep -i '^x-tgipool-cold-start' /tmp/tgipool-demo-wake | cut -d' ' -f2 | tr -d '\r') s): $(cat /tmp/tgipool-demo-answer)"
+for i in $(seq 1 20); do
+  kubectl get modelpool mistral-7b-warm -o jsonpath='{.status.lastActivation.readyAt}' | grep -q . && break
+  sleep 0.5
+done
+echo "  the wake, from status.lastActivation:"
+kubectl get modelpool mistral-7b-warm -o jsonpath='{.status.lastActivation}' | python3 -m json.tool | sed 's/^/    /'
+kubectl get modelpool mistral-7b-warm
+
 cat <<TXT
 
 Look further:

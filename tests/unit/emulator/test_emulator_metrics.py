@@ -125,7 +125,7 @@ def test_queue_grows_when_the_batch_is_full_and_p95_follows() -> None:
     """A full batch (KV budget) leaves requests in tgi_queue_size; their queueing shows in the p95."""
 
     async def go() -> tuple[list[float], str, str]:
-        # Each request reserves its prompt + 100 new tokens of a 256-token batch budget: two run, the rest wait.
+        # Each request reserves its prompt + 100 new tokens of a 256-token budget: two run, the rest wait.
         settings = EmulatorSettings(
             **{
                 **FAST,
