@@ -16,8 +16,11 @@
 | `tgipool_gateway_cold_start_wait_seconds` | pool | time held while a resting pool woke |
 | `tgipool_gateway_added_latency_seconds` | pool | gateway overhead: total time minus upstream time |
 
-Rejection reasons: unauthorized, forbidden, unknown_model, bad_request, too_long, rate_limited, overloaded
-(queue wait bound passed), queue_full, pool_removed, upstream_error.
+Rejection reasons: unauthorized, forbidden, unknown_model, bad_request, client_timeout (a body slower than
+clientTimeoutSeconds), too_long, rate_limited, too_large_for_quota (over a whole bucket), overloaded (queue
+wait bound passed), queue_full, pool_removed, upstream_error, upstream_timeout (responseTimeoutSeconds),
+stream_idle_timeout (streamIdleTimeoutSeconds), wake_timeout, wake_queue_full. A client that leaves before
+its answer is counted in `requests_total` with code 499.
 """
 
 from __future__ import annotations

@@ -183,7 +183,11 @@ async def _attempt(t: _Try, pool: Pool, ep: Endpoint, tokens: int) -> web.Stream
         try:
             async with asyncio.timeout_at(answer_by):
                 upstream = await gw.session.request(
-                    t.request.method, ep.url + route, data=t.body, headers=t.headers
+                    t.request.method,
+                    ep.url + route,
+                    data=t.body,
+                    headers=t.headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_seconds),
                 )
         except aiohttp.ClientError as exc:  # refused, connect timeout, closed before answering
             if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):

@@ -51,13 +51,13 @@ def test_half_sent_requests_are_dropped_at_client_timeout() -> None:
             assert status == 200, body
             # Dropped at the client timeout: headers never completed or nothing sent: closed without a word.
             for reader, _ in half_headers + idle:
-                assert await asyncio.wait_for(reader.read(), 3) == b""
+                assert await asyncio.wait_for(reader.read(), 6) == b""
             # A body that never completed: 408 in TGI's shape, and the connection closed.
             for reader, _ in half_bodies:
-                answer = await asyncio.wait_for(reader.read(), 3)
+                answer = await asyncio.wait_for(reader.read(), 6)
                 assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
                 assert b'"error_type":"timeout"' in answer and b"clientTimeoutSeconds" in answer
-            assert 0.4 < time.monotonic() - t0 < 3
+            assert 0.4 < time.monotonic() - t0 < 6  # the bound is 0.5 s; the slack is for a loaded machine
             for _, writer in half_headers + half_bodies + idle:
                 writer.close()
             await wait_until(lambda: gw.connections <= 1, "the gateway to drop the connections")
@@ -85,8 +85,8 @@ def test_idle_keep_alive_connections_close_after_client_timeout() -> None:
             )
             await reader.readexactly(length)
             t0 = time.monotonic()
-            assert await asyncio.wait_for(reader.read(), 3) == b""  # the server closed the idle connection
-            assert 0.3 < time.monotonic() - t0 < 2
+            assert await asyncio.wait_for(reader.read(), 6) == b""  # the server closed the idle connection
+            assert 0.3 < time.monotonic() - t0 < 5
             writer.close()
 
     asyncio.run(scenario())

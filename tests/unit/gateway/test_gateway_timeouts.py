@@ -84,7 +84,7 @@ def test_a_backend_that_never_answers_gets_504_within_response_timeout() -> None
             backend, url = await _stalling_stack(st, responseTimeoutSeconds=0.3)
             t0 = time.monotonic()
             status, headers, body = await st.generate("hi")
-            assert time.monotonic() - t0 < 2
+            assert time.monotonic() - t0 < 5  # the bound is 0.3 s; the slack is for a loaded machine
             assert status == 504 and body["error_type"] == "timeout", body
             assert "responseTimeoutSeconds" in body["error"] and headers["X-TGIPool-Pool"] == "p"
             status, _, body = await st.post("/v1/chat/completions", CHAT)
@@ -110,7 +110,7 @@ def test_a_stream_that_stalls_after_one_token_ends_with_an_error_event() -> None
             async with st.session.post(st.url + "/generate_stream", json=body) as resp:
                 assert resp.status == 200
                 raw = await resp.read()
-            assert time.monotonic() - t0 < 2
+            assert time.monotonic() - t0 < 5  # the bound is 0.3 s; the slack is for a loaded machine
             events = [e for e in raw.split(b"\n\n") if e]
             assert events[0] == TOKEN.strip()
             assert events[-1].startswith(b'data:{"error":') and b'"error_type":"timeout"' in events[-1]
@@ -149,8 +149,8 @@ def test_a_client_that_leaves_frees_its_slot_and_cancels_upstream_at_once() -> N
                 except TimeoutError:
                     pass  # the client gives up and closes its connection
                 assert backend.started == started + 1
-                await wait_until(lambda: ep.in_flight == 0, "the slot to come back", seconds=1)
-            await wait_until(lambda: backend.cancelled == 6, "the backend to see every request go", seconds=1)
+                await wait_until(lambda: ep.in_flight == 0, "the slot to come back", seconds=3)
+            await wait_until(lambda: backend.cancelled == 6, "the backend to see every request go", seconds=3)
             # The pool (2 slots) still takes requests: they reach the backend, none is refused with 429.
             task = asyncio.create_task(st.generate("hi"))
             await wait_until(lambda: backend.started == 7, "a new request to reach the backend")
