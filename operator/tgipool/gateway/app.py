@@ -196,7 +196,8 @@ class Handlers:
             )
         else:
             try:
-                self.tenant(request)
+                if request.method == "POST":  # generation: the key is checked before the body comes
+                    self.tenant(request)
             except Rejection as exc:
                 rej = exc
             else:

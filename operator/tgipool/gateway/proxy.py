@@ -165,6 +165,8 @@ async def forward(
         try:
             return await _attempt(t, used, ep, d.tokens)
         except _Again as again:
+            if again.reason == "overloaded":
+                gw.table.mark_busy(ep)  # after the release, which clears a busy mark
             gw.metrics.retries.labels(used.name, again.reason).inc()
 
 
@@ -221,9 +223,8 @@ async def _attempt(t: _Try, pool: Pool, ep: Endpoint, tokens: int) -> web.Stream
                 stalled = True
         if overloaded and t.redispatches < _MAX_OVERLOAD_REDISPATCH and time.monotonic() < t.deadline:
             t.redispatches += 1
-            gw.table.mark_busy(ep)
             again = True
-            raise _Again("overloaded")
+            raise _Again("overloaded")  # the caller marks it busy, once its slot is released
         if status >= 500 and not t.retried:
             t.retried, again = True, True
             t.exclude.append(ep)
