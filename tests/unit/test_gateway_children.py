@@ -98,6 +98,21 @@ def test_gateway_config_follows_ready_pods() -> None:
     assert cfg.tenants[0].pools == ["code-7b"], "pools outside the gateway are dropped from a tenant"
 
 
+def test_gateway_timeouts_come_from_the_spec() -> None:
+    cfg = build_config(gateway(), pools(), [], [])
+    assert (cfg.connect_timeout_seconds, cfg.response_timeout_seconds) == (2, 600)
+    assert (cfg.stream_idle_timeout_seconds, cfg.client_timeout_seconds) == (60, 60)
+    timeouts = {
+        "connectTimeoutSeconds": 1.5,
+        "responseTimeoutSeconds": 1200,
+        "streamIdleTimeoutSeconds": 30,
+        "clientTimeoutSeconds": 10,
+    }
+    cfg = build_config(gateway(**timeouts), pools(), [], [])
+    assert (cfg.connect_timeout_seconds, cfg.response_timeout_seconds) == (1.5, 1200)
+    assert (cfg.stream_idle_timeout_seconds, cfg.client_timeout_seconds) == (30, 10)
+
+
 def test_the_gateway_may_patch_only_the_demand_leases_of_its_resting_pools() -> None:
     g = gateway(defaultPool="p")
     assert not [r for r in build_role(g)["rules"] if "leases" in r["resources"]]
