@@ -107,6 +107,9 @@ def build_role_binding(gw: ModelGateway) -> Manifest:
     }
 
 
+METRICS_PORT = 9090
+
+
 def build_gateway_deployment(gw: ModelGateway) -> Manifest:
     spec = gw.spec
     health = {"httpGet": {"path": "/health", "port": "http"}}
@@ -123,8 +126,14 @@ def build_gateway_deployment(gw: ModelGateway) -> Manifest:
             "0.0.0.0",  # noqa: S104  the pod serves the cluster
             "--port",
             str(spec.port),
+            "--metrics-port",
+            str(METRICS_PORT),
         ],
-        "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": spec.port, "protocol": "TCP"},
+            # Prometheus scrapes here without a tenant key (see `tgipool gateway --metrics-port`).
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         "resources": spec.resources
         or {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "readinessProbe": {**health, "periodSeconds": 5},

@@ -18,6 +18,8 @@ import socket
 import sys
 from typing import Any
 
+from prometheus_client import start_http_server
+
 from tgipool.gateway.app import GatewayServer
 from tgipool.gateway.cluster_source import ClusterSource
 from tgipool.gateway.config import ConfigError, GatewayConfig, load_config
@@ -55,14 +57,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")  # noqa: S104
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="also serve /metrics without a tenant key on this port, for Prometheus (default 0: off)",
+    )
     parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
     parser.set_defaults(func=main)
     return parser
 
 
-async def serve(config_path: str, config: GatewayConfig, host: str, port: int) -> None:
+def serve_metrics(server: GatewayServer, host: str, port: int) -> None:
+    """The gateway's metrics on a port of their own: with tenants, the main port's /metrics needs a
+    key (it names tenants), which a cluster's Prometheus does not hold."""
+    if port:
+        start_http_server(port, addr=host, registry=server.gateway.metrics.registry)
+
+
+async def serve(config_path: str, config: GatewayConfig, host: str, port: int, metrics_port: int = 0) -> None:
     server = GatewayServer(config, host, port)
     await server.start()
+    serve_metrics(server, host, metrics_port)
     print(
         f"tgipool gateway: {len(config.pools)} pool(s), {len(config.tenants)} tenant(s) "
         f"on {host}:{server.port}",
@@ -96,6 +112,7 @@ async def serve_cluster(args: argparse.Namespace) -> None:
         identity = os.environ.get("POD_NAME") or socket.gethostname()
         server.gateway.demand = Demand(api.merge_patch, args.namespace, identity)
         await server.start()
+        serve_metrics(server, args.host, args.metrics_port)
         print(
             f"tgipool gateway: following ModelGateway {args.namespace}/{args.modelgateway} "
             f"on {args.host}:{server.port}",
@@ -130,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.config, config, args.host, args.port))
+        asyncio.run(serve(args.config, config, args.host, args.port, args.metrics_port))
     return 0
 
 

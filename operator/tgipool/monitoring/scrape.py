@@ -18,7 +18,7 @@ def _label(name: str) -> str:
 
 
 def pod_relabel_configs() -> list[dict[str, Any]]:
-    """Keep tgipool's pods' `http` port; label the series the way the adapter and rules expect."""
+    """Keep the metrics port of tgipool's pods; label the series the way the adapter and rules expect."""
     pool = _label(names.POOL_LABEL)
     return [
         {
@@ -27,7 +27,12 @@ def pod_relabel_configs() -> list[dict[str, Any]]:
             "action": "keep",
         },
         {"source_labels": [_label(names.COMPONENT_LABEL)], "regex": COMPONENTS, "action": "keep"},
-        {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "http", "action": "keep"},
+        # TGI serves /metrics on its `http` port; a gateway on `metrics` (no tenant key needed there).
+        {
+            "source_labels": [_label(names.COMPONENT_LABEL), "__meta_kubernetes_pod_container_port_name"],
+            "regex": f"{names.SERVER};http|gateway;metrics",
+            "action": "keep",
+        },
         {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"},
         {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
         {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},

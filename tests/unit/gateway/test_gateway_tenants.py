@@ -82,3 +82,25 @@ def test_tenant_priority_caps_the_priority_header() -> None:
     assert priority(header("1"), tenant) == 1
     assert priority(header("7"), None) == 7
     assert priority(header("x"), None) == 0
+
+
+def test_prometheus_scrapes_the_metrics_port_without_a_key() -> None:
+    """With tenants the main port's /metrics needs a key; the metrics port serves Prometheus without."""
+    import urllib.request
+
+    from tgipool.gateway.cli import serve_metrics
+
+    from .conftest import free_port
+
+    async def scenario() -> None:
+        async with stack(REFERENCE_BACKENDS, _config) as st:
+            async with st.session.get(st.url + "/metrics") as resp:
+                assert resp.status == 401
+            port = free_port()
+            serve_metrics(st.gateway, "127.0.0.1", port)
+            text = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            )
+            assert "tgipool_gateway_requests_total" in text
+
+    asyncio.run(scenario())
