@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import re
 from typing import Any
 
+import requests
 from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from tgipool.monitoring.promql import pool_queries
@@ -39,9 +42,20 @@ class PrometheusReader:
             for q in pool_queries(self.window):
                 answers[q.field] = self._prom.custom_query(q.expr)
         except Exception as e:  # requests' and the client's errors alike: Prometheus is unavailable
-            reason = f"{type(e).__name__}: {e}"[:300]
-            return Reading(values={}, observed_at=_now(), error=reason)
+            return Reading(values={}, observed_at=_now(), error=self.describe(e))
         return Reading(values=by_pool(answers), observed_at=_now())
+
+    def describe(self, error: Exception) -> str:
+        """The same words for the same failure: the message goes into SLOMet, and a message that
+        changes every round (requests puts object addresses in its) would rewrite every status."""
+        if isinstance(error, requests.exceptions.Timeout):
+            return f"no answer from {self.url} within {self.timeout:g} s"
+        if isinstance(error, requests.exceptions.ConnectionError):
+            return f"cannot connect to {self.url}"
+        if isinstance(error, PrometheusApiClientException):
+            status = re.search(r"\b[1-5][0-9]{2}\b", str(error))
+            return f"{self.url} refused the query" + (f" (HTTP {status.group(0)})" if status else "")
+        return f"{type(error).__name__} from {self.url}"
 
     async def read(self) -> Reading:
         return await asyncio.to_thread(self.read_sync)
