@@ -47,6 +47,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     reader = PrometheusReader(opts.prometheus_url, opts.metrics_window) if opts.prometheus_url else None
     memo.live = LiveMetrics(reader, opts.metrics_interval)
     memo.live.start()
+    # A first round before any pool is reconciled: a restarted operator must not write a status
+    # without its live numbers and then again with them (the read is bounded by its timeout).
+    await memo.live.refresh()
     memo.gauges = PoolGauges()
     memo.folded = {}  # pool key -> the metrics round its status last folded in
     if opts.metrics_port:
