@@ -8,7 +8,7 @@ refuse the loopback pod addresses of the simulated cluster).
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 
 from tgipool.api.modelgateway import ModelGateway, RoutePool
 from tgipool.api.modelpool import ModelPool
+from tgipool.api.routing import Environment
 from tgipool.desired import names
 from tgipool.desired.demand import demand_lease_name
 from tgipool.manifest import Manifest
@@ -36,6 +37,9 @@ class Route(BaseModel):
     max_concurrent_requests: int | None = Field(default=None, ge=1, le=65_536)
     priority: int = Field(default=0, ge=-1000, le=1000)
     fallback_pool: Name | None = None
+    environment: Environment = Field(
+        default="prod", description="staging: only for requests that ask for it."
+    )
     tokenizer: str | None = Field(default=None, min_length=1)
     endpoints: list[Url] = Field(default_factory=list, max_length=4096)
     # Warm and cold pools: hold requests while the pool wakes, and ask for the wake on this Lease.
@@ -86,10 +90,14 @@ def ready_endpoints(pool: str, pods: Iterable[Manifest]) -> list[str]:
     return sorted(out)
 
 
-def route(pool: ModelPool, endpoints: list[str], routed: Container[str]) -> Route:
-    """THE projection: a pool's route row. A fallback outside the table (`routed`), or itself, is dropped."""
+def route(pool: ModelPool, endpoints: list[str], routed: Mapping[str, Environment]) -> Route:
+    """THE projection: a pool's route row. A fallback outside the table (`routed`: name -> environment), in
+    another environment, or itself, is dropped."""
     limits = pool.limits
+    env = pool.spec.environment
     fallback = pool.spec.routing.fallback_pool
+    if fallback is not None and routed.get(fallback) != env:
+        fallback = None
     activation = pool.activation
     return Route(
         name=pool.name,
@@ -98,7 +106,8 @@ def route(pool: ModelPool, endpoints: list[str], routed: Container[str]) -> Rout
         max_total_tokens=limits.max_total_tokens,
         max_concurrent_requests=limits.max_concurrent_requests,
         priority=pool.spec.routing.priority,
-        fallback_pool=fallback if fallback in routed and fallback != pool.name else None,
+        fallback_pool=fallback if fallback != pool.name else None,
+        environment=env,
         endpoints=endpoints,
         hold_seconds=activation.hold_seconds if activation else None,
         max_pending_requests=activation.max_pending_requests if activation else None,
@@ -118,7 +127,7 @@ def routes(gw: ModelGateway, pools: Iterable[Manifest], pods: Iterable[Manifest]
         except ValidationError:
             continue
     pods = list(pods)
-    routed = {p.name for p in parsed}
+    routed = {p.name: p.spec.environment for p in parsed}
     rows = [route(p, ready_endpoints(p.name, pods), routed) for p in parsed]
     return sorted(rows, key=lambda r: (r.model, r.max_total_tokens, r.name))
 
@@ -132,5 +141,6 @@ def status_row(r: Route) -> RoutePool:
         max_total_tokens=r.max_total_tokens,
         priority=r.priority,
         fallback_pool=r.fallback_pool,
+        environment=r.environment,
         ready_endpoints=len(r.endpoints),
     )

@@ -15,6 +15,7 @@ import yaml
 
 from .cluster import ROOT, Operator, apply, kubectl, kubectl_bin
 
+COMMIT = "5f0b02c75b57c5855da9ae460ce51323ea669d8a"  # prod pools pin a commit (spec.environment)
 TEST_CONTEXT_HINTS = ("kwok", "kind", "e2e", "test", "minikube", "docker-desktop", "tgipool")
 
 
@@ -71,7 +72,7 @@ def ns() -> Iterator[str]:
 def pool_doc(name: str, ns: str, **spec: Any) -> dict[str, Any]:
     """A small valid pool; keyword arguments replace top-level spec fields."""
     base: dict[str, Any] = {
-        "model": {"id": "meta-llama/Meta-Llama-3-8B-Instruct", "revision": "main", "servedName": "llama3"},
+        "model": {"id": "meta-llama/Meta-Llama-3-8B-Instruct", "revision": COMMIT, "servedName": "llama3"},
         "engine": {"numShard": 1, "dtype": "bfloat16"},
         "profile": "short",
         "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},

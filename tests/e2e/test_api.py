@@ -83,6 +83,17 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "spec.activation.holdSeconds: Invalid value: 0",
     ),
     (
+        "prod-branch",
+        {"model": {"id": "org/m", "revision": "main"}},
+        rules.PROD_REVISION_CEL["message"],
+    ),
+    (
+        "prod-floating-image",
+        {"engine": {"image": "ghcr.io/huggingface/text-generation-inference:3"}},
+        rules.PROD_IMAGE_CEL["message"],
+    ),
+    ("bad-environment", {"environment": "qa"}, 'Unsupported value: "qa"'),
+    (
         "idle-5s",
         {"tier": "cold", "replicas": {"min": 0}, "activation": {"idleAfterSeconds": 5}},
         "spec.activation.idleAfterSeconds: Invalid value: 5",
@@ -121,7 +132,7 @@ def test_defaults_are_filled_by_the_api_server(crds: None, ns: str) -> None:
         "apiVersion": "tgipool.io/v1alpha1",
         "kind": "ModelPool",
         "metadata": {"name": "minimal", "namespace": ns},
-        "spec": {"model": {"id": "org/m"}},
+        "spec": {"model": {"id": "org/m"}, "environment": "staging"},  # staging: revision main is allowed
     }
     apply(yaml.safe_dump(doc))
     spec = yaml.safe_load(kubectl("get", "mp", "minimal", "-n", ns, "-o", "yaml"))["spec"]
@@ -130,3 +141,11 @@ def test_defaults_are_filled_by_the_api_server(crds: None, ns: str) -> None:
     assert spec["profile"] == "balanced" and spec["tier"] == "hot"
     assert spec["replicas"]["min"] == 1 and spec["model"]["revision"] == "main"
     kubectl("delete", "mp", "minimal", "-n", ns)
+    pinned = pool_doc(
+        "pinned", ns, engine={"image": "ghcr.io/huggingface/text-generation-inference@sha256:" + "b" * 64}
+    )
+    apply(yaml.safe_dump(pinned))
+    assert (
+        yaml.safe_load(kubectl("get", "mp", "pinned", "-n", ns, "-o", "yaml"))["spec"]["environment"]
+        == "prod"
+    )

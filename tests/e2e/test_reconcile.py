@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from .cluster import Operator, add_node, condition, get, items, kubectl, wait_for, write_requests
-from .conftest import apply_pool
+from .conftest import COMMIT, apply_pool
 
 CHILDREN = [
     ("service", "{n}"),
@@ -239,7 +239,7 @@ def test_unchanged_pool_makes_no_write_request(operator: Operator, ns: str) -> N
 def test_infeasible_pool_gets_no_deployment_until_fixed(operator: Operator, ns: str) -> None:
     model = {
         "id": "meta-llama/Meta-Llama-3-70B-Instruct",
-        "revision": "main",
+        "revision": COMMIT,
         "servedName": "llama3-70b",
         "architecture": {"numLayers": 80, "numKeyValueHeads": 8, "headDim": 128, "parametersB": 70.6},
     }

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from .cluster import ROOT, Operator, apply, condition, get, items, kubectl, wait_for
-from .conftest import apply_pool
+from .conftest import COMMIT, apply_pool
 
 POD_SELECTOR = "app.kubernetes.io/component=inference-server,tgipool.io/pool="
 # The rate tools/cluster.sh gives the sim (the same variable, so a run with another rate still passes).
@@ -50,7 +50,7 @@ def test_pool_pod_is_not_ready_while_its_tgi_loads(operator: Operator, ns: str) 
         pytest.skip("the sim runs without cold starts (TGIPOOL_SIM_LOAD_BYTES_PER_SECOND=0)")
     # 6B parameters in bf16: 12 GB of weights, 6 s of loading at the default 2 GB/s.
     arch = {"numLayers": 32, "numKeyValueHeads": 8, "headDim": 128, "parametersB": 6.0}
-    model = {"id": "org/six-b", "revision": "main", "servedName": "six-b", "architecture": arch}
+    model = {"id": "org/six-b", "revision": COMMIT, "servedName": "six-b", "architecture": arch}
     apply_pool("loads", ns, model=model, replicas={"min": 1, "max": 1})
     load = 12e9 / BYTES_PER_SECOND
 

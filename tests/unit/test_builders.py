@@ -172,7 +172,7 @@ def test_fetch_job_name_follows_what_it_downloads(short_pool: dict[str, Any]) ->
     before = fetch_job_name(pool_of(short_pool))
     short_pool["spec"]["limits"] = {"maxTotalTokens": 3000, "maxInputTokens": 1000}
     assert fetch_job_name(pool_of(short_pool)) == before, "limits do not change the weights"
-    short_pool["spec"]["model"]["revision"] = "other"
+    short_pool["spec"]["model"]["revision"] = "0" * 40
     after = fetch_job_name(pool_of(short_pool))
     assert after != before and len(after) <= 63
 

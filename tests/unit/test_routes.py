@@ -18,6 +18,7 @@ def pool(name: str = "p", labels: dict[str, str] | None = None, **spec: Any) -> 
         "metadata": {"name": name, "namespace": "ml", "labels": labels or {}},
         "spec": {"model": {"id": "org/model"}, **spec},
     }
+    doc["spec"]["model"] = {"revision": "a" * 40, **doc["spec"]["model"]}  # prod pools pin a commit
     return doc
 
 
@@ -73,6 +74,21 @@ PROJECTIONS: list[tuple[str, dict[str, Any], list[str], set[str], dict[str, Any]
     ("fallback in the table", {"routing": {"fallbackPool": "q"}}, [], {"p", "q"}, {"fallback_pool": "q"}),
     ("fallback outside the table", {"routing": {"fallbackPool": "q"}}, [], {"p"}, {"fallback_pool": None}),
     ("fallback to itself", {"routing": {"fallbackPool": "p"}}, [], {"p"}, {"fallback_pool": None}),
+    ("environment: prod by default", {}, [], set(), {"environment": "prod"}),
+    (
+        "staging, unpinned",
+        {"environment": "staging", "model": {"id": "x", "revision": "main"}},
+        [],
+        set(),
+        {"environment": "staging"},
+    ),
+    (
+        "no fallback across environments",
+        {"routing": {"fallbackPool": "q"}},
+        [],
+        {"p": "prod", "q": "staging"},
+        {"fallback_pool": None},
+    ),
     ("endpoints as given", {}, ["http://10.0.0.1:8080"], set(), {"endpoints": ["http://10.0.0.1:8080"]}),
 ]
 
@@ -81,9 +97,10 @@ PROJECTIONS: list[tuple[str, dict[str, Any], list[str], set[str], dict[str, Any]
     ("spec", "endpoints", "routed", "expected"), [c[1:] for c in PROJECTIONS], ids=[c[0] for c in PROJECTIONS]
 )
 def test_route_projects_spec_and_effective_limits(
-    spec: dict[str, Any], endpoints: list[str], routed: set[str], expected: dict[str, Any]
+    spec: dict[str, Any], endpoints: list[str], routed: Any, expected: dict[str, Any]
 ) -> None:
-    r = route(ModelPool.model_validate(pool(**spec)), endpoints, routed)
+    envs = routed if isinstance(routed, dict) else dict.fromkeys(routed, "prod")
+    r = route(ModelPool.model_validate(pool(**spec)), endpoints, envs)
     assert {k: getattr(r, k) for k in expected} == expected
 
 

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from tgipool.api import rules
@@ -125,6 +126,24 @@ CASES = [
         ["activation", "idleAfterSeconds"],
     ),
     (
+        "prod pins the revision to a commit",
+        {"model": {"id": "org/m", "revision": "main"}, "environment": "staging"},
+        {"model": {"id": "org/m", "revision": "main"}},
+        ["spec.model.revision", "commit", "prod", "'main'"],
+    ),
+    (
+        "prod pins the image to a version",
+        {"engine": {"image": "ghcr.io/huggingface/text-generation-inference@sha256:" + "a" * 64}},
+        {"engine": {"image": "ghcr.io/huggingface/text-generation-inference:3"}},
+        ["spec.engine.image", "prod", "sha-<commit>"],
+    ),
+    (
+        "staging runs a floating image",
+        {"environment": "staging", "engine": {"image": "registry:5000/tgi:nightly"}},
+        {"environment": "qa"},
+        ["spec.environment", "prod", "staging"],
+    ),
+    (
         "unknown field",
         {"gpu": {"product": "NVIDIA-L4"}},
         {"gpu": {"prodcut": "NVIDIA-L4"}},
@@ -204,6 +223,8 @@ def test_crd_carries_every_cel_rule_with_the_model_message() -> None:
         rules.EXTRA_ARGS_CEL,
         rules.ENV_TOKEN_CEL,
         rules.NAME_CEL,
+        rules.PROD_REVISION_CEL,
+        rules.PROD_IMAGE_CEL,
     ):
         assert rule["message"] in messages
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
@@ -251,3 +272,15 @@ def test_activation_defaults_follow_the_tier(short_pool: dict[str, Any]) -> None
     assert (warm.activation.idle_after_seconds, warm.activation.hold_seconds) == (900, 600)
     assert (cold.activation.hold_seconds, cold.activation.max_pending_requests) == (42, 100)
     assert validate(short_pool).activation is None  # hot pools never sleep
+
+
+def test_environment_examples_are_a_valid_pair() -> None:
+    from .conftest import EXAMPLES
+
+    prod, staging = (
+        validate(yaml.safe_load((EXAMPLES / "environments" / f"llama3-8b-ru-{e}.yaml").read_text()))
+        for e in ("prod", "staging")
+    )
+    assert (prod.spec.environment, staging.spec.environment) == ("prod", "staging")
+    assert prod.served_name == staging.served_name
+    assert staging.spec.model.revision == "main"  # only staging may run a branch

@@ -120,6 +120,7 @@ class RoutePool(Status):
     max_total_tokens: int
     priority: int = 0
     fallback_pool: str | None = None
+    environment: str = "prod"
     ready_endpoints: int = 0
 
 

@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 
 from tgipool.api import rules
 from tgipool.api.profiles import EffectiveLimits, default_slo_p95_ms, effective_limits
+from tgipool.api.routing import SPEC_RULES, Environment, Routing
 from tgipool.api.tiers import EffectiveActivation, effective_activation
 
 GROUP = "tgipool.io"
@@ -213,16 +214,6 @@ class Cache(Spec):
     access_mode: AccessMode = Field(default="ReadWriteMany", description="RWX lets replicas share weights.")
 
 
-class Routing(Spec):
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher wins ties between pools.")
-    tenants: list[Annotated[str, Field(max_length=128)]] = Field(
-        default_factory=list, max_length=256, description="Tenants allowed; empty = all."
-    )
-    fallback_pool: str | None = Field(
-        default=None, max_length=63, description="Pool to spill to on overload."
-    )
-
-
 class Slo(Spec):
     p95_latency_ms: int | None = Field(
         default=None,
@@ -279,10 +270,16 @@ class PodTemplate(Spec):
 class ModelPoolSpec(Spec):
     model_config = ConfigDict(
         json_schema_extra={
-            "x-kubernetes-validations": [rules.TOKENS_CEL, rules.HOT_MIN_CEL, rules.CUSTOM_LIMITS_CEL]
+            "x-kubernetes-validations": [
+                rules.TOKENS_CEL,
+                rules.HOT_MIN_CEL,
+                rules.CUSTOM_LIMITS_CEL,
+                *SPEC_RULES,
+            ]
         },
     )
     model: ModelSource
+    environment: Environment = Field(default="prod", description="prod pins weights and image; staging: any.")
     engine: Engine = Field(default_factory=Engine)
     profile: Profile = Field(default="balanced", description="Presets for limits; explicit limits win.")
     limits: Limits = Field(default_factory=Limits)
@@ -307,6 +304,7 @@ class ModelPoolSpec(Spec):
             raise ValueError(rules.tokens_message(eff.max_input_tokens, eff.max_total_tokens))
         if self.tier == "hot" and self.replicas.min < 1:
             raise ValueError(rules.HOT_MIN_CEL["message"])
+        rules.check_environment(self.environment, self.model.id, self.model.revision, self.engine.image)
         return self
 
 

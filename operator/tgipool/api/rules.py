@@ -132,3 +132,41 @@ def check_min_max(low: int, high: int | None) -> None:
     """`replicas.min <= replicas.max`, for pools and gateways alike."""
     if high is not None and low > high:
         raise ValueError(f"{REPLICAS_CEL['message']} (min {low} > max {high})")
+
+
+# Environments: a prod pool runs only pinned weights and a pinned engine.
+COMMIT_REGEX = "^[0-9a-f]{40}$"
+# A release tag (3.3.6, v2.4.1-rocm; not a bare major like 3) or a commit build (sha-1234abc), or a digest.
+PINNED_IMAGE_REGEX = (
+    r"(@sha256:[a-f0-9]{64}|:(v?[0-9]+([.][0-9]+)+([-+_.][0-9A-Za-z][0-9A-Za-z._-]*)?|sha-[0-9a-f]{7,40}))$"
+)
+_STAGING = "(has(self.environment) && self.environment == 'staging')"
+PROD_REVISION_CEL: Rule = {
+    "rule": f"{_STAGING} || self.model.id.startsWith('/') || self.model.revision.matches('{COMMIT_REGEX}')",
+    "message": (
+        "spec.model.revision must be a commit (40 hex digits) when spec.environment is prod: a branch or "
+        "tag can move under a running pool (set spec.environment: staging to run it)"
+    ),
+    "fieldPath": ".model.revision",
+}
+PROD_IMAGE_CEL: Rule = {
+    "rule": (
+        f"{_STAGING} || !has(self.engine) || !has(self.engine.image) || "
+        f"self.engine.image.matches('{PINNED_IMAGE_REGEX}')"
+    ),
+    "message": (
+        "spec.engine.image must pin a version when spec.environment is prod: a release tag (e.g. :3.3.6), "
+        "sha-<commit> or @sha256:<digest>"
+    ),
+    "fieldPath": ".engine.image",
+}
+
+
+def check_environment(environment: str, model_id: str, revision: str, image: str) -> None:
+    """The prod rules of PROD_REVISION_CEL and PROD_IMAGE_CEL, in Python (same messages)."""
+    if environment == "staging":
+        return
+    if not model_id.startswith("/") and not re.match(COMMIT_REGEX, revision):
+        raise ValueError(f"{PROD_REVISION_CEL['message']} (got {revision!r})")
+    if not re.search(PINNED_IMAGE_REGEX, image):
+        raise ValueError(f"{PROD_IMAGE_CEL['message']} (got {image!r})")

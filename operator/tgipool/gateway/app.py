@@ -8,7 +8,9 @@ Generation routes (`POST /generate`, `/generate_stream`, `/`, `/v1/chat/completi
    as TGI reads it (400, `tgipool.strict_json`), an object (422);
 3. model: the OpenAI `model` field on `/v1/*` (else the `X-Model` header), the `X-Model` header on TGI routes;
    no model or `"tgi"`: the default pool's model; a model no pool serves: 404 `model_not_found`
-   (`parsing.py`, which also checks the fields the charge depends on: 422);
+   (`parsing.py`, which also checks the fields the charge depends on: 422); only pools of the request's
+   environment serve it: prod, unless it asks for staging (`X-TGIPool-Environment: staging`, or a tenant
+   bound to staging; a bound tenant asking for the other environment: 403);
 4. pool: the routing rule of `routing.py` among the pools serving that model that the tenant may use (403
    when it may use none of them); a request too long for all of them: 422 with TGI's message;
 5. tenant limits (429 `rate_limited` with Retry-After; 413 `request_too_large` for a request over a whole
@@ -46,7 +48,7 @@ from tgipool.gateway.config import GatewayConfig
 from tgipool.gateway.dispatch import dispatch
 from tgipool.gateway.errors import Rejection, bad_request, error_response, render, unauthorized
 from tgipool.gateway.http_server import GatewayRunner
-from tgipool.gateway.parsing import OPENAI_ROUTES, TGI_ROUTES, parse_request
+from tgipool.gateway.parsing import OPENAI_ROUTES, TGI_ROUTES, environment, parse_request
 from tgipool.gateway.state import Gateway
 from tgipool.gateway.tenants import Tenant
 from tgipool.serving import ListeningApp
@@ -133,10 +135,11 @@ class Handlers:
     async def info(self, request: web.Request) -> web.StreamResponse:
         try:
             tenant = self.tenant(request)
+            env = environment(request.headers, tenant)
         except Rejection as rej:
             return render(request.path, rej)
         model = request.headers.get("X-Model")
-        pools = self.gw.table.candidates(model)
+        pools = self.gw.table.candidates(model, env)
         if tenant is not None and tenant.pools is not None and pools:
             pools = [p for p in pools if p.name in tenant.pools]
         if not pools:
@@ -160,13 +163,17 @@ class Handlers:
     async def models(self, request: web.Request) -> web.StreamResponse:
         try:
             tenant = self.tenant(request)
+            env = environment(request.headers, tenant)
         except Rejection as rej:
             return render(request.path, rej)
         table = self.gw.table
         names = [
             name
             for name, pools in table.by_model.items()
-            if tenant is None or tenant.pools is None or any(p.name in tenant.pools for p in pools)
+            if any(
+                p.environment == env and (tenant is None or tenant.pools is None or p.name in tenant.pools)
+                for p in pools
+            )
         ]
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "tgipool"} for name in names]
         return web.json_response({"object": "list", "data": data})

@@ -20,12 +20,14 @@ pools:
   maxTotalTokens: 4096
   maxConcurrentRequests: 128   # optional, per endpoint; else learned from each endpoint's /info
   priority: 10                 # optional, default 0: breaks ties between pools of equal maxTotalTokens
-  fallbackPool: long-pool      # optional: where a saturated pool spills
+  fallbackPool: long-pool      # optional: where a saturated pool spills (same environment only)
+  environment: prod            # optional, default prod; staging pools get only requests asking for staging
   tokenizer: path/to/tokenizer.json   # optional: exact counts; else the shared ~4 chars/token estimate
   endpoints: [http://127.0.0.1:9001]
 tenants:                       # optional; absent or empty means no authentication
 - {name: team-a, apiKey: key-a-0123456, pools: [short-pool], priority: 5,
    requestsPerMinute: 600, tokensPerMinute: 200000}
+- {name: qa, apiKey: key-qa-0123456, environment: staging}   # bound to staging: every request goes there
 ```
 
 Field names are camelCase; unknown fields are refused; errors name the field (`pools[0].maxTotalTokens`).
@@ -43,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from tgipool.api.profiles import PRESETS
+from tgipool.api.routing import Environment
 from tgipool.routes import Name, Route
 
 
@@ -61,6 +64,9 @@ class TenantConfig(_Spec):
     priority: int = Field(default=0, ge=-1000, le=1000)
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
+    environment: Environment | None = Field(
+        default=None, description="Bound to this environment (staging: all its traffic goes to staging)."
+    )
 
 
 class GatewayConfig(_Spec):

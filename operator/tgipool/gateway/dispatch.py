@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tgipool.gateway.errors import Rejection, overloaded
-from tgipool.gateway.parsing import ParsedRequest, measure, priority
+from tgipool.gateway.parsing import ParsedRequest, environment, measure, priority
 from tgipool.gateway.routing import Endpoint, Pool, PoolRemovedError
 from tgipool.gateway.state import Gateway
 from tgipool.gateway.tenants import Tenant
@@ -30,13 +30,15 @@ class Dispatch:
 async def dispatch(
     gw: Gateway, parsed: ParsedRequest, tenant: Tenant | None, headers: Mapping[str, str]
 ) -> Dispatch:
-    """The pool for a request; raises Rejection (404, 403, 413, 422 or 429) when there is none."""
-    pools = gw.table.candidates(parsed.model)
+    """The pool for a request; raises Rejection (400, 404, 403, 413, 422 or 429) when there is none."""
+    env = environment(headers, tenant)
+    pools = gw.table.candidates(parsed.model, env)
     if pools is None:
+        where = "" if env == "prod" else f" in {env}"
         if parsed.model is None or parsed.model == "tgi":
-            message = "No model given and no default pool: name a model"
+            message = f"No model given and no default pool{where}: name a model"
         else:
-            message = f"The model {parsed.model[:200]!r} does not exist"
+            message = f"The model {parsed.model[:200]!r} does not exist{where}"
         raise Rejection(404, message, "model_not_found", "unknown_model", param="model")
     if tenant is not None and tenant.pools is not None:
         pools = [p for p in pools if p.name in tenant.pools]
@@ -87,11 +89,14 @@ def _charge(tenant: Tenant, cost: int) -> None:
 
 
 async def _fallback(gw: Gateway, pool: Pool, tenant: Tenant | None, parsed: ParsedRequest) -> Pool | None:
-    """The pool's fallback, if the tenant may use it and it would accept the request."""
+    """The pool's fallback, if the tenant may use it, it is in the pool's environment and it would accept
+    the request."""
     if pool.fallback is None:
         return None
     fb = gw.table.pools.get(pool.fallback)
-    if fb is None or (tenant is not None and tenant.pools is not None and fb.name not in tenant.pools):
+    if fb is None or fb.environment != pool.environment:
+        return None
+    if tenant is not None and tenant.pools is not None and fb.name not in tenant.pools:
         return None
     n = max(await measure(fb, parsed.texts))
     return fb if fb.accepts(n, parsed.max_new) else None

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tgipool.api.routing import ENVIRONMENTS
 from tgipool.gateway.errors import Rejection
 from tgipool.gateway.routing import Pool
 from tgipool.gateway.tenants import Tenant
@@ -104,6 +105,28 @@ def parse_request(path: str, data: dict[str, Any], header_model: str | None) -> 
 async def measure(pool: Pool, texts: list[str]) -> list[int]:
     """Input tokens of each of the request's prompts with the pool's tokenizer."""
     return [await count_tokens(pool.counter, t) for t in texts]
+
+
+ENVIRONMENT_HEADER = "X-TGIPool-Environment"
+
+
+def environment(headers: Mapping[str, str], tenant: Tenant | None) -> str:
+    """`prod` unless the request asks for staging: `X-TGIPool-Environment: staging`, or a tenant bound to
+    staging. A tenant bound to an environment may not ask for the other one (403)."""
+    raw = headers.get(ENVIRONMENT_HEADER)
+    asked = raw.strip().lower() if raw is not None else None
+    if asked is not None and asked not in ENVIRONMENTS:
+        raise Rejection(
+            400,
+            f"{ENVIRONMENT_HEADER} must be one of {', '.join(ENVIRONMENTS)}",
+            "bad_request",
+            "bad_request",
+        )
+    bound = tenant.environment if tenant is not None else None
+    if bound is not None and asked is not None and asked != bound:
+        message = f"Tenant {tenant.name if tenant else ''} is bound to {bound}; it may not ask for {asked}"
+        raise Rejection(403, message, "forbidden", "forbidden")
+    return bound or asked or "prod"
 
 
 def priority(headers: Mapping[str, str], tenant: Tenant | None) -> int:

@@ -64,6 +64,7 @@ _REQUEST_DROP = _HOP_BY_HOP | {
     "x-real-ip",
     "x-model",
     "x-priority",
+    "x-tgipool-environment",
     "expect",
     "content-encoding",
 }

@@ -125,6 +125,7 @@ class Pool:
         self.total_limit = route.max_total_tokens
         self.priority = route.priority
         self.fallback = route.fallback_pool
+        self.environment = route.environment
         self.counter: TokenCounter = counter_for(route.tokenizer)
 
     # --- fitting ---
@@ -291,14 +292,17 @@ class RoutingTable:
             pool.dispatch()
 
     # --- lookups ---
-    def candidates(self, model: str | None) -> list[Pool] | None:
-        """Pools serving `model`; no model or "tgi" (TGI's name for its base model): the default pool's
-        model; None for a model no pool serves, or no model without a default pool."""
+    def candidates(self, model: str | None, environment: str = "prod") -> list[Pool] | None:
+        """Pools of `environment` serving `model`; no model or "tgi" (TGI's name for its base model): the
+        default pool's model; None for a model no pool there serves, or no model without a default pool.
+        Staging pools are candidates only for requests that ask for staging, prod pools only for the rest."""
         if model is not None and model != "tgi":
-            return self.by_model.get(model) or None
-        if self.default_pool is None:
+            pools = self.by_model.get(model)
+        elif self.default_pool is None:
             return None
-        return self.by_model.get(self.pools[self.default_pool].model)
+        else:
+            pools = self.by_model.get(self.pools[self.default_pool].model)
+        return [p for p in pools or () if p.environment == environment] or None
 
     @staticmethod
     def choose(pools: list[Pool], counts: dict[str, int], max_new: int | None) -> Choice:

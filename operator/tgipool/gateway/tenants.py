@@ -65,6 +65,7 @@ class Tenant:
     requests: TokenBucket | None = None
     tokens: TokenBucket | None = None
     key: bytes = field(default=b"", repr=False)
+    environment: str | None = None  # bound to an environment; None: the request's header decides
 
     def check(self, tokens: int) -> Refusal | None:
         """Take one request and `tokens` tokens, or say which limit refuses (nothing is taken then)."""
@@ -110,6 +111,7 @@ class Tenants:
                 pools=frozenset(c.pools) if c.pools else None,
                 priority=c.priority,
                 key=c.api_key.encode("utf-8"),
+                environment=c.environment,
             )
             if c.requests_per_minute is not None:
                 same = prev and prev.requests and prev.requests.per_minute == c.requests_per_minute

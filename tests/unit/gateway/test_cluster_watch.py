@@ -137,7 +137,11 @@ async def until(what: str, check: Callable[[], bool], timeout: float = 5.0) -> N
 def pool(name: str, **routing: Any) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "namespace": NS, "labels": {"tgipool.io/gateway": "main"}},
-        "spec": {"model": {"id": "org/m", "servedName": "m"}, "profile": "short", "routing": routing},
+        "spec": {
+            "model": {"id": "org/m", "revision": "a" * 40, "servedName": "m"},
+            "profile": "short",
+            "routing": routing,
+        },
     }
 
 
