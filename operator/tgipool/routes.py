@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 
 from tgipool.api.modelgateway import ModelGateway, RoutePool
 from tgipool.api.modelpool import ModelPool
-from tgipool.api.routing import Environment
+from tgipool.api.routing import Environment, OverloadPolicy
 from tgipool.desired import names
 from tgipool.desired.demand import demand_lease_name
 from tgipool.manifest import Manifest
@@ -40,6 +40,11 @@ class Route(BaseModel):
     environment: Environment = Field(
         default="prod", description="staging: only for requests that ask for it."
     )
+    overload: OverloadPolicy = Field(
+        default="spill", description="What a saturated pool does (api/routing.py)."
+    )
+    cap_max_new_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
+    spare_pool: Name | None = None
     tokenizer: str | None = Field(default=None, min_length=1)
     endpoints: list[Url] = Field(default_factory=list, max_length=4096)
     # Warm and cold pools: hold requests while the pool wakes, and ask for the wake on this Lease.
@@ -53,8 +58,12 @@ class Route(BaseModel):
             raise ValueError(
                 f"maxInputTokens ({self.max_input_tokens}) must be < maxTotalTokens ({self.max_total_tokens})"
             )
-        if self.fallback_pool == self.name:
-            raise ValueError("fallbackPool must name another pool")
+        if self.fallback_pool == self.name or (self.spare_pool is not None and self.spare_pool == self.name):
+            raise ValueError("fallbackPool and sparePool must name another pool")
+        if self.overload == "cap" and self.cap_max_new_tokens is None:
+            raise ValueError("capMaxNewTokens is required when overload is cap")
+        if self.overload == "spare" and self.spare_pool is None:
+            raise ValueError("sparePool is required when overload is spare")
         if len(set(self.endpoints)) != len(self.endpoints):
             raise ValueError("endpoints must be unique")
         return self
@@ -95,9 +104,11 @@ def route(pool: ModelPool, endpoints: list[str], routed: Mapping[str, Environmen
     another environment, or itself, is dropped."""
     limits = pool.limits
     env = pool.spec.environment
-    fallback = pool.spec.routing.fallback_pool
+    fallback, overload = pool.spec.routing.fallback_pool, pool.spec.routing.overload
     if fallback is not None and routed.get(fallback) != env:
         fallback = None
+    spare = overload.spare_pool if routed.get(overload.spare_pool or "") == env else None
+    policy = overload.policy if overload.policy != "spare" or spare not in (None, pool.name) else "spill"
     activation = pool.activation
     return Route(
         name=pool.name,
@@ -108,6 +119,9 @@ def route(pool: ModelPool, endpoints: list[str], routed: Mapping[str, Environmen
         priority=pool.spec.routing.priority,
         fallback_pool=fallback if fallback != pool.name else None,
         environment=env,
+        overload=policy,
+        cap_max_new_tokens=overload.cap_max_new_tokens,
+        spare_pool=spare if policy == "spare" else None,
         endpoints=endpoints,
         hold_seconds=activation.hold_seconds if activation else None,
         max_pending_requests=activation.max_pending_requests if activation else None,

@@ -93,6 +93,9 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         rules.PROD_IMAGE_CEL["message"],
     ),
     ("bad-environment", {"environment": "qa"}, 'Unsupported value: "qa"'),
+    ("cap-no-value", {"routing": {"overload": {"policy": "cap"}}}, rules.OVERLOAD_CAP_CEL["message"]),
+    ("spare-no-pool", {"routing": {"overload": {"policy": "spare"}}}, rules.OVERLOAD_SPARE_CEL["message"]),
+    ("bad-overload", {"routing": {"overload": {"policy": "drop"}}}, 'Unsupported value: "drop"'),
     (
         "idle-5s",
         {"tier": "cold", "replicas": {"min": 0}, "activation": {"idleAfterSeconds": 5}},

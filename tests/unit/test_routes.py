@@ -75,6 +75,28 @@ PROJECTIONS: list[tuple[str, dict[str, Any], list[str], set[str], dict[str, Any]
     ("fallback outside the table", {"routing": {"fallbackPool": "q"}}, [], {"p"}, {"fallback_pool": None}),
     ("fallback to itself", {"routing": {"fallbackPool": "p"}}, [], {"p"}, {"fallback_pool": None}),
     ("environment: prod by default", {}, [], set(), {"environment": "prod"}),
+    ("overload: spill by default", {}, [], set(), {"overload": "spill", "spare_pool": None}),
+    (
+        "overload cap",
+        {"routing": {"overload": {"policy": "cap", "capMaxNewTokens": 64}}},
+        [],
+        set(),
+        {"overload": "cap", "cap_max_new_tokens": 64},
+    ),
+    (
+        "overload spare in the table",
+        {"routing": {"overload": {"policy": "spare", "sparePool": "q"}}},
+        [],
+        {"p", "q"},
+        {"overload": "spare", "spare_pool": "q"},
+    ),
+    (
+        "spare outside the table or environment: spill",
+        {"routing": {"overload": {"policy": "spare", "sparePool": "q"}}},
+        [],
+        {"p": "prod", "q": "staging"},
+        {"overload": "spill", "spare_pool": None},
+    ),
     (
         "staging, unpinned",
         {"environment": "staging", "model": {"id": "x", "revision": "main"}},

@@ -144,6 +144,24 @@ CASES = [
         ["spec.environment", "prod", "staging"],
     ),
     (
+        "overload cap states its cap",
+        {"routing": {"overload": {"policy": "cap", "capMaxNewTokens": 256}}},
+        {"routing": {"overload": {"policy": "cap"}}},
+        ["spec.routing.overload.capMaxNewTokens", "cap"],
+    ),
+    (
+        "overload spare names its pool",
+        {"routing": {"overload": {"policy": "spare", "sparePool": "small"}}},
+        {"routing": {"overload": {"policy": "spare"}}},
+        ["spec.routing.overload.sparePool", "spare"],
+    ),
+    (
+        "overload policy is known",
+        {"routing": {"overload": {"policy": "reject"}}},
+        {"routing": {"overload": {"policy": "drop"}}},
+        ["spec.routing.overload.policy", "spill", "reject"],
+    ),
+    (
         "unknown field",
         {"gpu": {"product": "NVIDIA-L4"}},
         {"gpu": {"prodcut": "NVIDIA-L4"}},
@@ -225,6 +243,8 @@ def test_crd_carries_every_cel_rule_with_the_model_message() -> None:
         rules.NAME_CEL,
         rules.PROD_REVISION_CEL,
         rules.PROD_IMAGE_CEL,
+        rules.OVERLOAD_CAP_CEL,
+        rules.OVERLOAD_SPARE_CEL,
     ):
         assert rule["message"] in messages
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from tgipool.api import rules
@@ -17,12 +17,42 @@ from tgipool.api import rules
 Environment = Literal["prod", "staging"]
 ENVIRONMENTS: tuple[Environment, ...] = ("prod", "staging")
 SPEC_RULES = [rules.PROD_REVISION_CEL, rules.PROD_IMAGE_CEL]
+OverloadPolicy = Literal["spill", "cap", "spare", "reject"]
 
 
 class _Spec(BaseModel):
     """As `modelpool.Spec`: camelCase on the wire, unknown fields refused."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class Overload(_Spec):
+    """What the gateway does with a request when every endpoint of the pool is busy."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [rules.OVERLOAD_CAP_CEL, rules.OVERLOAD_SPARE_CEL]}
+    )
+    policy: OverloadPolicy = Field(
+        default="spill",
+        description="spill: to routing.fallbackPool when it has room, else wait in the queue (429 with "
+        "Retry-After after queueTimeoutSeconds); cap: wait, generating at most capMaxNewTokens "
+        "(X-TGIPool-Capped-Max-New-Tokens says so); spare: serve from sparePool (another model) when it has "
+        "room; reject: 429 with Retry-After at once.",
+    )
+    cap_max_new_tokens: int | None = Field(
+        default=None, ge=1, le=1_048_576, description="max_new_tokens while saturated (policy cap)."
+    )
+    spare_pool: str | None = Field(
+        default=None, max_length=63, description="Pool of a spare model, same environment (policy spare)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Overload:
+        if self.policy == "cap" and self.cap_max_new_tokens is None:
+            raise ValueError(rules.OVERLOAD_CAP_CEL["message"])
+        if self.policy == "spare" and self.spare_pool is None:
+            raise ValueError(rules.OVERLOAD_SPARE_CEL["message"])
+        return self
 
 
 class Routing(_Spec):
@@ -33,3 +63,4 @@ class Routing(_Spec):
     fallback_pool: str | None = Field(
         default=None, max_length=63, description="Pool to spill to on overload (same environment only)."
     )
+    overload: Overload = Field(default_factory=Overload, description="What a saturated pool does.")

@@ -170,3 +170,16 @@ def check_environment(environment: str, model_id: str, revision: str, image: str
         raise ValueError(f"{PROD_REVISION_CEL['message']} (got {revision!r})")
     if not re.search(PINNED_IMAGE_REGEX, image):
         raise ValueError(f"{PROD_IMAGE_CEL['message']} (got {image!r})")
+
+
+# Overload policies (spec.routing.overload): each names what it needs.
+OVERLOAD_CAP_CEL: Rule = {
+    "rule": "!has(self.policy) || self.policy != 'cap' || has(self.capMaxNewTokens)",
+    "message": "spec.routing.overload.capMaxNewTokens is required when spec.routing.overload.policy is cap",
+    "fieldPath": ".capMaxNewTokens",
+}
+OVERLOAD_SPARE_CEL: Rule = {
+    "rule": "!has(self.policy) || self.policy != 'spare' || has(self.sparePool)",
+    "message": "spec.routing.overload.sparePool is required when spec.routing.overload.policy is spare",
+    "fieldPath": ".sparePool",
+}

@@ -48,6 +48,7 @@ from tgipool.gateway.config import GatewayConfig
 from tgipool.gateway.dispatch import dispatch
 from tgipool.gateway.errors import Rejection, bad_request, error_response, render, unauthorized
 from tgipool.gateway.http_server import GatewayRunner
+from tgipool.gateway.overload import add_headers
 from tgipool.gateway.parsing import OPENAI_ROUTES, TGI_ROUTES, environment, parse_request
 from tgipool.gateway.state import Gateway
 from tgipool.gateway.tenants import Tenant
@@ -229,6 +230,7 @@ def build_app(config: GatewayConfig, gateway: Gateway | None = None) -> web.Appl
         await gw.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(add_headers)
     for path in (*TGI_ROUTES, *OPENAI_ROUTES):
         app.router.add_post(path, h.generate, expect_handler=h.expect)
     get_handlers = {

@@ -22,6 +22,9 @@ pools:
   priority: 10                 # optional, default 0: breaks ties between pools of equal maxTotalTokens
   fallbackPool: long-pool      # optional: where a saturated pool spills (same environment only)
   environment: prod            # optional, default prod; staging pools get only requests asking for staging
+  overload: spill              # optional: spill (default) | cap | spare | reject, when every endpoint is busy
+  capMaxNewTokens: 256         #   cap: generate at most this many tokens while saturated
+  sparePool: small-pool        #   spare: serve from this pool (another model) when it has room
   tokenizer: path/to/tokenizer.json   # optional: exact counts; else the shared ~4 chars/token estimate
   endpoints: [http://127.0.0.1:9001]
 tenants:                       # optional; absent or empty means no authentication
@@ -92,6 +95,8 @@ class GatewayConfig(_Spec):
         for i, pool in enumerate(self.pools):
             if pool.fallback_pool is not None and pool.fallback_pool not in known:
                 raise ValueError(f"pools[{i}].fallbackPool: no pool named {pool.fallback_pool!r}")
+            if pool.spare_pool is not None and pool.spare_pool not in known:
+                raise ValueError(f"pools[{i}].sparePool: no pool named {pool.spare_pool!r}")
         tenant_names = [t.name for t in self.tenants]
         if len(set(tenant_names)) != len(tenant_names):
             raise ValueError("tenants: duplicate tenant names")

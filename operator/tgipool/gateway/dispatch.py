@@ -89,11 +89,13 @@ def _charge(tenant: Tenant, cost: int) -> None:
 
 
 async def _fallback(gw: Gateway, pool: Pool, tenant: Tenant | None, parsed: ParsedRequest) -> Pool | None:
-    """The pool's fallback, if the tenant may use it, it is in the pool's environment and it would accept
-    the request."""
-    if pool.fallback is None:
+    """Where the overload policy sends a request when the pool is saturated: the fallback pool (spill) or the
+    spare model's pool (spare), if the tenant may use it, it is in the pool's environment and it would
+    accept the request."""
+    target = pool.spare if pool.overload == "spare" else pool.fallback if pool.overload == "spill" else None
+    if target is None:
         return None
-    fb = gw.table.pools.get(pool.fallback)
+    fb = gw.table.pools.get(target)
     if fb is None or fb.environment != pool.environment:
         return None
     if tenant is not None and tenant.pools is not None and fb.name not in tenant.pools:
@@ -124,6 +126,8 @@ async def acquire(
         ep = pool.try_acquire(tokens)
         if ep is not None:
             return pool, ep, 0.0
+    if pool.overload == "reject":  # the pool's policy: no wait, 429 with Retry-After at once
+        raise overloaded(gw.config.queue_timeout_seconds, "rejected")
     if len(pool.waiters) >= gw.config.max_queue_length or timeout <= 0:
         raise overloaded(gw.config.queue_timeout_seconds, "queue_full")
     waiter = pool.enqueue(priority, tokens)

@@ -29,6 +29,7 @@ from multidict import CIMultiDict
 
 from tgipool.gateway.dispatch import Dispatch, acquire
 from tgipool.gateway.errors import POOL_HEADER, Rejection, error_response, render
+from tgipool.gateway.overload import CAPPED_HEADER, OVERLOAD_HEADER, capped_body, say
 from tgipool.gateway.routing import Endpoint, Pool
 from tgipool.gateway.state import Gateway
 from tgipool.gateway.streaming import ENDPOINT_HEADER, fail, relay, response_headers
@@ -155,6 +156,12 @@ async def forward(
     else:
         gw.demand.note(pool)  # a resting-tier pool at work stays awake (rate-limited)
     t.deadline = time.monotonic() + gw.config.queue_timeout_seconds
+    if pool.overload == "cap" and pool.cap is not None and not pool.has_room(time.monotonic()):
+        capped = capped_body(route, body, pool.cap)
+        if capped is not None:
+            t.body = capped
+            say(request, CAPPED_HEADER, str(pool.cap))
+            say(request, OVERLOAD_HEADER, "cap")
     while True:
         try:
             used, ep, waited = await acquire(
@@ -163,6 +170,8 @@ async def forward(
         except Rejection as rej:
             return await fail(gw, route, rej, pool.name, t.held)
         t.queued += waited
+        if used is not pool:
+            say(request, OVERLOAD_HEADER, pool.overload)
         try:
             return await _attempt(t, used, ep, d.tokens)
         except _Again as again:

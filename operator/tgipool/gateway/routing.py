@@ -126,6 +126,9 @@ class Pool:
         self.priority = route.priority
         self.fallback = route.fallback_pool
         self.environment = route.environment
+        self.overload = route.overload
+        self.cap = route.cap_max_new_tokens
+        self.spare = route.spare_pool
         self.counter: TokenCounter = counter_for(route.tokenizer)
 
     # --- fitting ---
