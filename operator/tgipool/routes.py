@@ -19,6 +19,7 @@ from tgipool.api.modelpool import ModelPool
 from tgipool.api.routing import Environment, OverloadPolicy
 from tgipool.desired import names
 from tgipool.desired.demand import demand_lease_name
+from tgipool.desired.tgi_args import adapter_ids
 from tgipool.manifest import Manifest
 
 Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=512)]
@@ -45,6 +46,9 @@ class Route(BaseModel):
     )
     cap_max_new_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
     spare_pool: Name | None = None
+    adapters: dict[Name, Name] = Field(
+        default_factory=dict, description="LoRA adapters the pool loaded: name -> the id TGI knows it by."
+    )
     tokenizer: str | None = Field(default=None, min_length=1)
     endpoints: list[Url] = Field(default_factory=list, max_length=4096)
     # Warm and cold pools: hold requests while the pool wakes, and ask for the wake on this Lease.
@@ -122,6 +126,7 @@ def route(pool: ModelPool, endpoints: list[str], routed: Mapping[str, Environmen
         overload=policy,
         cap_max_new_tokens=overload.cap_max_new_tokens,
         spare_pool=spare if policy == "spare" else None,
+        adapters=adapter_ids(pool),
         endpoints=endpoints,
         hold_seconds=activation.hold_seconds if activation else None,
         max_pending_requests=activation.max_pending_requests if activation else None,

@@ -75,6 +75,20 @@ PROJECTIONS: list[tuple[str, dict[str, Any], list[str], set[str], dict[str, Any]
     ("fallback outside the table", {"routing": {"fallbackPool": "q"}}, [], {"p"}, {"fallback_pool": None}),
     ("fallback to itself", {"routing": {"fallbackPool": "p"}}, [], {"p"}, {"fallback_pool": None}),
     ("environment: prod by default", {}, [], set(), {"environment": "prod"}),
+    (
+        "adapters by name, as TGI knows them",
+        {
+            "engine": {
+                "loraAdapters": [
+                    {"name": "legal", "id": "org/legal-lora", "revision": "v2"},
+                    {"name": "med", "id": "/data/med"},
+                ]
+            }
+        },
+        [],
+        set(),
+        {"adapters": {"legal": "org/legal-lora", "med": "med"}},
+    ),
     ("overload: spill by default", {}, [], set(), {"overload": "spill", "spare_pool": None}),
     (
         "overload cap",

@@ -17,6 +17,11 @@ def lora_arg(pool: ModelPool) -> str | None:
     return ",".join(parts) or None
 
 
+def adapter_ids(pool: ModelPool) -> dict[str, str]:
+    """Adapter name -> the id a request names it by at TGI (`adapter_id`, or the OpenAI `model`)."""
+    return {a.name: (a.name if a.id.startswith("/") else a.id) for a in pool.spec.engine.lora_adapters}
+
+
 def tgi_args(pool: ModelPool, cfg: OperatorConfig) -> list[str]:
     spec = pool.spec
     lim = pool.limits

@@ -45,6 +45,8 @@ class Emulator:
         self.permits_available = self.settings.max_concurrent_requests
         self.load = LoadPhase(self.settings.load_seconds, self.clock)
         self._task: asyncio.Task[None] | None = None
+        # The adapter each admitted request ran with (None: the base model), for tests and demos.
+        self.adapters_used: list[str | None] = []
 
     # --- lifecycle ---
     def start(self) -> None:
@@ -95,6 +97,10 @@ class Emulator:
             self.permits_available += 1
             m.inc(m.request_failure, "validation")
             raise
+        # TGI looks the adapter up and falls back to the base model (index 0) for an id it did not load:
+        # no error (huggingface/text-generation-inference#2505).
+        adapter = request.parameters.adapter_id
+        self.adapters_used.append(adapter if adapter in self.settings.adapter_ids else None)
         m.observe(m.request_input_length, valid.input_length)
         m.observe(m.request_max_new_tokens, valid.max_new_tokens)
         seed = valid.seed if valid.do_sample else None

@@ -72,6 +72,12 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _adapter(body: dict[str, Any]) -> str | None:
+    """TGI: `model` absent or "tgi" is the base model; any other name is an adapter id."""
+    model = body.get("model")
+    return model if isinstance(model, str) and model != "tgi" else None
+
+
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -101,6 +107,7 @@ async def chat_completions(emu: Emulator, request: web.Request, body: Any) -> we
     if max_tokens is None:
         max_tokens = body.get("max_tokens")
     raw["max_new_tokens"] = max_tokens
+    raw["adapter_id"] = _adapter(body)
     raw["decoder_input_details"] = not stream
     if body.get("top_logprobs") is not None and body.get("logprobs"):
         raw["top_n_tokens"] = body["top_logprobs"]
@@ -200,6 +207,7 @@ async def completions(emu: Emulator, request: web.Request, body: Any) -> web.Str
     raw = _sampling(body)
     raw["repetition_penalty"] = body.get("repetition_penalty")
     raw["max_new_tokens"] = body.get("max_tokens") if body.get("max_tokens") is not None else 100
+    raw["adapter_id"] = _adapter(body)
     raw["decoder_input_details"] = not stream
     params = parse_parameters(raw)
     requests = [GenerateRequest(inputs=p, parameters=GenerateParameters(**vars(params))) for p in prompts]

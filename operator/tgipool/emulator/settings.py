@@ -59,6 +59,12 @@ class EmulatorSettings:
     model_sha: str | None = None
     sha: str | None = None
     docker_label: str | None = None
+    # `--lora-adapters` as TGI parses it: `id[@rev]` is known by its id, `name=/path` by its name.
+    lora_adapters: tuple[str, ...] = ()
+
+    @property
+    def adapter_ids(self) -> frozenset[str]:
+        return frozenset(a.partition("=")[0] if "=" in a else a.partition("@")[0] for a in self.lora_adapters)
 
     def resolved(self) -> EmulatorSettings:
         """Fill the warmup-derived defaults and check the launcher/router constraints."""

@@ -94,6 +94,8 @@ def settings_for_pod(
             values[_INT_FLAGS[flag]] = int(value)
         elif flag == "--model-id":
             values["model_id"] = value
+        elif flag == "--lora-adapters":
+            values["lora_adapters"] = tuple(v for v in value.split(",") if v)
     return replace(base, **values)
 
 

@@ -22,7 +22,9 @@ Generation routes (`POST /generate`, `/generate_stream`, `/`, `/v1/chat/completi
    (steps 4-6: `dispatch.py`);
 7. proxy: retries, overload redispatch, streaming and the upstream timeouts (`proxy.py`). The model name
    TGI gets is always one it expects: a served name becomes `"tgi"` (any other name is a LoRA adapter id
-   to TGI).
+   to TGI). A model naming a LoRA adapter (`legal`, or `<servedName>/legal`) goes to a pool that loaded it,
+   and TGI gets the adapter's id: as the OpenAI `model` on `/v1/*`, as `parameters.adapter_id` on TGI's
+   routes; an adapter no pool loaded is a 404 (TGI itself would silently answer with the base model).
 
 Every response of a routed request carries `X-TGIPool-Pool: <pool>`. Gateway errors use the route's shape
 (`errors.py`): TGI's `{"error","error_type"}`, OpenAI's `{"error":{...}}` on `/v1/*`. `GET /info` is proxied
@@ -49,7 +51,7 @@ from tgipool.gateway.dispatch import dispatch
 from tgipool.gateway.errors import Rejection, bad_request, error_response, render, unauthorized
 from tgipool.gateway.http_server import GatewayRunner
 from tgipool.gateway.overload import add_headers
-from tgipool.gateway.parsing import OPENAI_ROUTES, TGI_ROUTES, environment, parse_request
+from tgipool.gateway.parsing import OPENAI_ROUTES, TGI_ROUTES, adapter_body, environment, parse_request
 from tgipool.gateway.state import Gateway
 from tgipool.gateway.tenants import Tenant
 from tgipool.serving import ListeningApp
@@ -126,7 +128,9 @@ class Handlers:
                 resp.force_close()  # the rest of the body is not worth reading
             return resp
         model = data.get("model")
-        if route.startswith("/v1/") and isinstance(model, str) and model != "tgi":
+        if d.adapter_id is not None:  # a LoRA adapter by name: TGI gets its id
+            body = adapter_body(route, data, d.adapter_id)
+        elif route.startswith("/v1/") and isinstance(model, str) and model != "tgi":
             # TGI serves its base model as "tgi" and takes any other name for a LoRA adapter id:
             # the served name clients use must not reach it.
             body = json.dumps({**data, "model": "tgi"}, separators=(",", ":")).encode()
@@ -177,6 +181,18 @@ class Handlers:
             )
         ]
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "tgipool"} for name in names]
+        adapters = sorted(
+            {
+                (p.model, a)
+                for p in table.pools.values()
+                for a in p.adapters
+                if p.environment == env and (tenant is None or tenant.pools is None or p.name in tenant.pools)
+            }
+        )
+        data += [
+            {"id": f"{m}/{a}", "object": "model", "created": 0, "owned_by": "tgipool", "parent": m}
+            for m, a in adapters
+        ]
         return web.json_response({"object": "list", "data": data})
 
     async def other(self, request: web.Request) -> web.StreamResponse:

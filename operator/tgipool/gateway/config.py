@@ -25,6 +25,7 @@ pools:
   overload: spill              # optional: spill (default) | cap | spare | reject, when every endpoint is busy
   capMaxNewTokens: 256         #   cap: generate at most this many tokens while saturated
   sparePool: small-pool        #   spare: serve from this pool (another model) when it has room
+  adapters: {legal: org/legal-lora}   # optional: LoRA adapters the pool loaded, name -> id TGI knows
   tokenizer: path/to/tokenizer.json   # optional: exact counts; else the shared ~4 chars/token estimate
   endpoints: [http://127.0.0.1:9001]
 tenants:                       # optional; absent or empty means no authentication

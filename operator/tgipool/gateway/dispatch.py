@@ -25,6 +25,7 @@ class Dispatch:
     fallback: Pool | None
     tokens: int  # input tokens of all prompts, with the pool's tokenizer
     priority: int
+    adapter_id: str | None = None  # the LoRA adapter the request names, as the pool's TGI knows it
 
 
 async def dispatch(
@@ -33,6 +34,11 @@ async def dispatch(
     """The pool for a request; raises Rejection (400, 404, 403, 413, 422 or 429) when there is none."""
     env = environment(headers, tenant)
     pools = gw.table.candidates(parsed.model, env)
+    adapter: str | None = None
+    if pools is None and parsed.model is not None and parsed.model != "tgi":
+        found = gw.table.adapter_candidates(parsed.model, env)
+        if found is not None:
+            pools, adapter = found
     if pools is None:
         where = "" if env == "prod" else f" in {env}"
         if parsed.model is None or parsed.model == "tgi":
@@ -56,13 +62,14 @@ async def dispatch(
         raise Rejection(422, "Input validation error: " + choice.error, "validation", "too_long")
     pool = choice.pool
     n = counts[pool.counter.key]
-    fallback = await _fallback(gw, pool, tenant, parsed)
+    adapter_id = pool.adapters[adapter] if adapter is not None else None
+    fallback = await _fallback(gw, pool, tenant, parsed, adapter)
     if tenant is not None:  # the most the request may use, on its pool or on the fallback
         cost = parsed.cost(pool, n)
         if fallback is not None:
             cost = max(cost, parsed.cost(fallback, await measure(fallback, parsed.texts)))
         _charge(tenant, cost)
-    return Dispatch(pool, fallback, sum(n), priority(headers, tenant))
+    return Dispatch(pool, fallback, sum(n), priority(headers, tenant), adapter_id)
 
 
 def _charge(tenant: Tenant, cost: int) -> None:
@@ -88,7 +95,9 @@ def _charge(tenant: Tenant, cost: int) -> None:
     )
 
 
-async def _fallback(gw: Gateway, pool: Pool, tenant: Tenant | None, parsed: ParsedRequest) -> Pool | None:
+async def _fallback(
+    gw: Gateway, pool: Pool, tenant: Tenant | None, parsed: ParsedRequest, adapter: str | None = None
+) -> Pool | None:
     """Where the overload policy sends a request when the pool is saturated: the fallback pool (spill) or the
     spare model's pool (spare), if the tenant may use it, it is in the pool's environment and it would
     accept the request."""
@@ -98,6 +107,8 @@ async def _fallback(gw: Gateway, pool: Pool, tenant: Tenant | None, parsed: Pars
     fb = gw.table.pools.get(target)
     if fb is None or fb.environment != pool.environment:
         return None
+    if adapter is not None and fb.adapters.get(adapter) != pool.adapters[adapter]:
+        return None  # the fallback did not load the adapter under the same id
     if tenant is not None and tenant.pools is not None and fb.name not in tenant.pools:
         return None
     n = max(await measure(fb, parsed.texts))

@@ -17,6 +17,7 @@ No `max_new`: TGI generates up to the context (`maxTotalTokens - input`), and th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,18 @@ def parse_request(path: str, data: dict[str, Any], header_model: str | None) -> 
     best_of = _count(params, "best_of", "parameters.best_of", U64) or 1
     inputs = data.get("inputs")
     return ParsedRequest(header_model, [inputs if isinstance(inputs, str) else ""], max_new, max(best_of, 1))
+
+
+def adapter_body(route: str, data: dict[str, Any], adapter_id: str) -> bytes:
+    """The body naming the LoRA adapter as TGI reads it: the OpenAI `model` field on `/v1/*`, the
+    `adapter_id` parameter on TGI's routes (without `parameters` TGI samples: that stays so)."""
+    if route.startswith("/v1/"):
+        data = {**data, "model": adapter_id}
+    else:
+        params = data.get("parameters")
+        params = dict(params) if isinstance(params, dict) else {"do_sample": True}
+        data = {**data, "parameters": {**params, "adapter_id": adapter_id}}
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 async def measure(pool: Pool, texts: list[str]) -> list[int]:

@@ -129,6 +129,7 @@ class Pool:
         self.overload = route.overload
         self.cap = route.cap_max_new_tokens
         self.spare = route.spare_pool
+        self.adapters = route.adapters
         self.counter: TokenCounter = counter_for(route.tokenizer)
 
     # --- fitting ---
@@ -306,6 +307,14 @@ class RoutingTable:
         else:
             pools = self.by_model.get(self.pools[self.default_pool].model)
         return [p for p in pools or () if p.environment == environment] or None
+
+    def adapter_candidates(self, model: str, environment: str = "prod") -> tuple[list[Pool], str] | None:
+        """Pools of `environment` that loaded the LoRA adapter `model` names: `<servedName>/<adapter>`, or
+        the adapter's name alone (any served name); with the adapter's name. None when no pool loaded it."""
+        served, _, name = model.rpartition("/")
+        pools = self.by_model.get(served, []) if served else list(self.pools.values())
+        found = [p for p in pools if name in p.adapters and p.environment == environment]
+        return (found, name) if found else None
 
     @staticmethod
     def choose(pools: list[Pool], counts: dict[str, int], max_new: int | None) -> Choice:
