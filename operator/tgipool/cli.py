@@ -1,4 +1,4 @@
-"""`tgipool`: run the operator, render a pool's children, print the CRDs."""
+"""`tgipool`: run the operator, render a pool's children, print the CRDs, diagnose and check pools."""
 
 from __future__ import annotations
 
@@ -173,6 +173,10 @@ def parser() -> argparse.ArgumentParser:
     from tgipool.monitoring import cli as monitoring_cli
 
     monitoring_cli.add_parser(sub)
+
+    from tgipool.doctor import cli as doctor_cli
+
+    doctor_cli.add_parsers(sub)
 
     crds = sub.add_parser("crds", help="print the CRDs generated from the API models")
     crds.add_argument("--dir", metavar="DIR", help="write one file per CRD into DIR instead of stdout")

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from tgipool import checklist
+from tgipool.api.checklist import PRODUCTION_READY
 from tgipool.api.modelgateway import ModelGatewayStatus, RoutePool
 from tgipool.api.modelpool import ActivationStatus, Condition, MetricsStatus, ModelPool, ModelPoolStatus
 from tgipool.config import OperatorConfig
@@ -189,7 +191,9 @@ def compute_status(
     reading: Reading | None = None,
     previous_metrics: Mapping[str, Any] | None = None,
     last_activation: ActivationStatus | None = None,
+    facts: checklist.Facts | None = None,
 ) -> ModelPoolStatus:
+    """`facts`: what the reconcile gathered for the production checklist (none: no gateway known)."""
     gen = pool.metadata.generation
     capacity, weights = gating.capacity, gating.weights
     dep = observed.deployment
@@ -282,6 +286,8 @@ def compute_status(
     if reading is not None:
         metrics, slo = live_status(pool, reading, replicas, previous_metrics)
         verdicts.append(("SLOMet", slo))
+    items = checklist.items(pool, metrics, reading, facts or checklist.Facts())
+    verdicts.append((PRODUCTION_READY, _cond(*checklist.production_ready(items))))
     return ModelPoolStatus(
         observed_generation=gen,
         phase=phase,
@@ -295,6 +301,7 @@ def compute_status(
         capacity=capacity.capacity_status(),
         metrics=metrics,
         last_activation=last_activation,
+        checklist=items,
     )
 
 

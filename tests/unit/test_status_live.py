@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tgipool.api.modelpool import ModelPool
+from tgipool.checklist import Facts
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.monitoring.readings import Reading
 from tgipool.planner import assess
@@ -18,12 +19,26 @@ DEPLOYMENT = {
 
 
 def _status(
-    doc: dict[str, Any], reading: Reading | None, previous: dict[str, Any] | None = None
+    doc: dict[str, Any],
+    reading: Reading | None,
+    previous: dict[str, Any] | None = None,
+    checklist: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     pool = ModelPool.model_validate(doc)
     gating = gate(pool, {"status": {"succeeded": 1}, "metadata": {"name": "j"}}, assess(pool))
+    facts = Facts(previous=checklist or ())
     new = compute_status(
-        pool, Observed(deployment=DEPLOYMENT), gating, DEFAULT_CONFIG, [], "NOW", None, reading, previous
+        pool,
+        Observed(deployment=DEPLOYMENT),
+        gating,
+        DEFAULT_CONFIG,
+        [],
+        "NOW",
+        None,
+        reading,
+        previous,
+        None,
+        facts,
     )
     return new.model_dump(by_alias=True, exclude_none=True)
 
@@ -54,7 +69,10 @@ def test_prometheus_down_keeps_the_last_numbers_and_only_slo_changes(short_pool:
     key = (short_pool["metadata"]["namespace"], short_pool["metadata"]["name"])
     up = _status(short_pool, Reading(values={key: {"p95LatencyMs": 800.0}}, observed_at="T1"))
     down = _status(
-        short_pool, Reading(values={}, observed_at="T2", error="ConnectionError: refused"), up["metrics"]
+        short_pool,
+        Reading(values={}, observed_at="T2", error="ConnectionError: refused"),
+        up["metrics"],
+        up["checklist"],
     )
     assert down["metrics"] == up["metrics"]
     assert (_slo(down)["status"], _slo(down)["reason"]) == ("Unknown", "MetricsUnavailable")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from tgipool.api import rules
+from tgipool.api.checklist import ChecklistItem
 from tgipool.api.profiles import EffectiveLimits, default_slo_p95_ms, effective_limits
 from tgipool.api.routing import SPEC_RULES, Environment, Routing
 from tgipool.api.tiers import EffectiveActivation, effective_activation
@@ -365,7 +366,9 @@ class ModelPool(BaseModel):
         return self.spec.slo.p95_latency_ms or default_slo_p95_ms(self.spec.profile)
 
 
-ConditionType = Literal["Ready", "Progressing", "Degraded", "CapacityFeasible", "WeightsCached", "SLOMet"]
+ConditionType = Literal[
+    "Ready", "Progressing", "Degraded", "CapacityFeasible", "WeightsCached", "SLOMet", "ProductionReady"
+]
 
 
 class Status(BaseModel):
@@ -375,7 +378,9 @@ class Status(BaseModel):
 
 
 class Condition(Status):
-    type: str = Field(description="Ready, Progressing, Degraded, CapacityFeasible, WeightsCached, SLOMet.")
+    type: str = Field(
+        description="Ready, Progressing, Degraded, CapacityFeasible, WeightsCached, SLOMet, ProductionReady."
+    )
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(description="CamelCase reason for the status.")
     message: str = ""
@@ -434,3 +439,4 @@ class ModelPoolStatus(Status):
     capacity: CapacityStatus | None = None
     metrics: MetricsStatus | None = None
     last_activation: ActivationStatus | None = None
+    checklist: list[ChecklistItem] | None = Field(default=None, description="The production checklist.")

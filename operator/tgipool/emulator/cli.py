@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tgipool.emulator import faults
 from tgipool.emulator.runner import serve_forever
 from tgipool.emulator.settings import EmulatorSettings, SettingsError
 
@@ -61,6 +62,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         parser.add_argument(
             f"--{flag}", dest=dest, type=kind, default=default, help=f"{help_text} [env {_env_name(flag)}]"
         )
+    env = os.environ.get("TGIPOOL_FAULT")
+    parser.add_argument(
+        "--fault",
+        type=faults.parse,
+        default=faults.parse(env) if env else None,
+        metavar="oom|slow[=F]|never-ready",
+        help="fail like TGI: die at warm-up out of memory, a slow model (F times, default 10), or never "
+        "finish loading [env TGIPOOL_FAULT]",
+    )
     parser.set_defaults(func=main)
     return parser
 
@@ -76,13 +86,28 @@ def main(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f'Error: ArgumentValidation("{exc}")', file=sys.stderr)
         return 1
-    loading = f", loading for {settings.load_seconds:g}s" if settings.load_seconds else ""
-    print(
-        f"tgipool emulate: serving {settings.model_id} on {settings.hostname}:{settings.port}{loading}",
-        file=sys.stderr,
-    )
+    fault: faults.Fault | None = getattr(args, "fault", None)
+    served = faults.served(fault, settings)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(settings))
+        if served is None and fault is not None and fault.kind == "oom":
+            # TGI loads the weights, then its warm-up prefill runs out of memory and the launcher exits.
+            print(f"tgipool emulate: loading {settings.model_id} (fault oom)", file=sys.stderr)
+            asyncio.run(asyncio.sleep(settings.load_seconds))
+            print(f'Error: Warmup(Generation("{faults.warmup_oom_message(settings)}"))', file=sys.stderr)
+            return 1
+        if served is None:
+            print(
+                f"tgipool emulate: loading {settings.model_id} for ever (fault never-ready)", file=sys.stderr
+            )
+            asyncio.run(asyncio.Event().wait())
+            return 0
+        loading = f", loading for {served.load_seconds:g}s" if served.load_seconds else ""
+        slow = f", {fault.factor:g}x slower (fault slow)" if fault is not None else ""
+        print(
+            f"tgipool emulate: serving {served.model_id} on {served.hostname}:{served.port}{loading}{slow}",
+            file=sys.stderr,
+        )
+        asyncio.run(serve_forever(served))
     return 0
 
 

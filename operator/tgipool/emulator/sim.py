@@ -11,6 +11,9 @@ Cold starts: a pod's emulator loads (answers 503) for its weights' bytes (the De
 from the container's start, so a restarted sim does not load pods again. And the sim is the kubelet's
 readiness prober for these pods (prober.py): KWOK makes them Running but not Ready, the sim reports
 them Ready once their `/health` answers, and unready again if it stops.
+
+Faults: a pod annotated `sim.tgipool.io/fault` (`oom`, `slow`, `never-ready`; a pool sets it through
+`spec.podTemplate.annotations`) fails as TGI would: see faults.py.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import kubernetes
 
 from tgipool.desired import names
 from tgipool.desired.deployment import WEIGHTS_BYTES_ANNOTATION
+from tgipool.emulator import faults
 from tgipool.emulator.prober import ReadinessProber
 from tgipool.emulator.readiness import container_started_at, status_patch
 from tgipool.emulator.runner import EmulatorServer
@@ -96,7 +100,8 @@ def settings_for_pod(
             values["model_id"] = value
         elif flag == "--lora-adapters":
             values["lora_adapters"] = tuple(v for v in value.split(",") if v)
-    return replace(base, **values)
+    # A pod annotated sim.tgipool.io/fault fails as TGI would (faults.py): slower, or not listening.
+    return faults.served(faults.of_pod(pod), replace(base, **values))
 
 
 def _rfc3339(t: datetime) -> str:
@@ -121,9 +126,20 @@ class Sim:
 
     async def sync(self) -> None:
         pods = await asyncio.to_thread(self.kube.list, "v1", "Pod", POD_SELECTOR)
+        pods = await self._crash(pods)
         await self._serve(pods)
         if self.prober is not None:
             await self._probe(pods)
+
+    async def _crash(self, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Pods whose TGI dies at warm-up (fault `oom`) crash-loop as a kubelet reports it; the rest go on."""
+        now = datetime.now(UTC)
+        crashing = [p for p in pods if faults.crashes(p)]
+        patches = [(p, faults.crash_patch(p, now)) for p in crashing]
+        await asyncio.gather(
+            *(asyncio.to_thread(self._patch_status, p, patch) for p, patch in patches if patch)
+        )
+        return [p for p in pods if not faults.crashes(p)]
 
     async def _serve(self, pods: list[dict[str, Any]]) -> None:
         now = datetime.now(UTC)

@@ -7,13 +7,14 @@ restart already sees every child and writes nothing for children that match.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from tgipool.api.modelgateway import GATEWAY_PLURAL
 from tgipool.api.modelpool import GROUP, PLURAL, VERSION
+from tgipool.checklist import routed_by
 from tgipool.desired import names
 from tgipool.desired.gateway_children import GATEWAY_LABEL
 from tgipool.manifest import Manifest
@@ -117,6 +118,9 @@ class Snapshot:
 
     children: dict[tuple[str, str], Manifest]
     pods: list[Manifest]
+    # The gateways whose routing table holds the pool -> the pools of its environment in each table
+    # (the checklist's: where it may spill).
+    routed_by: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def get(self, kind: str, name: str) -> Manifest | None:
         return self.children.get((kind, name))
@@ -136,7 +140,10 @@ def snapshot(kwargs: Mapping[str, Any], key: Key) -> Snapshot:
         for body in store:
             children[(kind, body["metadata"]["name"])] = body
     pods = list(kwargs["pods_index"].get(key) or [])
-    return Snapshot(children=children, pods=pods)
+    pool = next(iter(kwargs.get("pool_index", {}).get(key) or []), None)
+    gateways = list(kwargs.get("gateway_index", {}).get(key[0]) or [])
+    routing = routed_by(pool, gateways, pools_in(kwargs, key[0])) if pool and gateways else {}
+    return Snapshot(children=children, pods=pods, routed_by=routing)
 
 
 def gateway(kwargs: Mapping[str, Any], key: Key) -> Manifest | None:

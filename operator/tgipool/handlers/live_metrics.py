@@ -18,10 +18,9 @@ from prometheus_client import CollectorRegistry, Gauge
 from tgipool.api.modelpool import ModelPool
 from tgipool.monitoring import rules
 from tgipool.monitoring.reader import PrometheusReader
-from tgipool.monitoring.readings import Reading
+from tgipool.monitoring.readings import NO_PROMETHEUS, Reading
 
 log = logging.getLogger("tgipool.metrics")
-NO_PROMETHEUS = "no Prometheus configured (tgipool run --prometheus-url)"
 
 
 def _now() -> str:

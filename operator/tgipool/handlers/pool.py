@@ -51,7 +51,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # without its live numbers and then again with them (the read is bounded by its timeout).
     await memo.live.refresh()
     memo.gauges = PoolGauges()
-    memo.folded = {}  # pool key -> the metrics round its status last folded in
+    memo.folded = {}  # pool key -> the metrics round and gateway routing its status last folded in
     if opts.metrics_port:
         from prometheus_client import start_http_server
 
@@ -86,19 +86,24 @@ async def pool_changed(
 async def pool_timer(
     body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    """Folds each new round of the metrics loop into the pool's status, and puts idle warm and cold
-    pools back to rest (both through `reconcile`, which writes only what changed)."""
+    """Folds each new round of the metrics loop and each change of the gateways routing the pool into
+    its status, and puts idle warm and cold pools back to rest (all through `reconcile`, which writes
+    only what changed)."""
     key = (namespace or "", name)
     reading = memo.live.reading
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    # Hot pools only have something new with a new metrics round; warm and cold ones also rest
-    # once their demand is older than activation.idleAfterSeconds, which no event announces.
-    if memo.folded.get(key) is reading and (body.get("spec") or {}).get("tier", "hot") == "hot":
+    snap = indexes.snapshot(kwargs, key)
+    # Hot pools only have something new with a new metrics round or a gateway that now routes them
+    # differently (the checklist's); warm and cold ones also rest once their demand is older than
+    # activation.idleAfterSeconds, which no event announces.
+    last = memo.folded.get(key)
+    same = last is not None and last[0] is reading and last[1] == snap.routed_by
+    if same and (body.get("spec") or {}).get("tier", "hot") == "hot":
         return
-    memo.folded[key] = reading
+    memo.folded[key] = (reading, snap.routed_by)
     try:
-        await _reconcile(indexes.slim(body), indexes.snapshot(kwargs, key), memo, logger, reading)
+        await _reconcile(indexes.slim(body), snap, memo, logger, reading)
     except (kopf.PermanentError, kopf.TemporaryError) as e:
         logger.debug("metrics round for %s/%s: %s", *key, e)
 

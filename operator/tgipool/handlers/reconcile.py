@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from tgipool.activation import demand_of, is_awake, last_activation
 from tgipool.api.modelpool import ModelPoolStatus
 from tgipool.api.parse import describe_validation_error, parse_pool
+from tgipool.checklist import Facts
 from tgipool.config import OperatorConfig
 from tgipool.desired import build_children, names
 from tgipool.desired.demand import demand_lease_name
@@ -100,6 +101,7 @@ async def _reconcile(
         reading,
         old_status.get("metrics"),
         woke,
+        Facts(routed_by=snap.routed_by, previous=old_status.get("checklist") or ()),
     )
     await writer.write_status(raw, new, out)
     if out.status_written:

@@ -34,6 +34,9 @@ PLURALS = {
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("coordination.k8s.io/v1", "Lease"): "leases",
+    # Read only, by `tgipool doctor`.
+    ("v1", "Event"): "events",
+    ("v1", "Node"): "nodes",
 }
 
 

@@ -43,7 +43,20 @@ class PrometheusReader:
                 answers[q.field] = self._prom.custom_query(q.expr)
         except Exception as e:  # requests' and the client's errors alike: Prometheus is unavailable
             return Reading(values={}, observed_at=_now(), error=self.describe(e))
-        return Reading(values=by_pool(answers), observed_at=_now())
+        return Reading(values=by_pool(answers), observed_at=_now(), rule_groups=self.rule_groups())
+
+    def rule_groups(self) -> frozenset[str] | None:
+        """The names of the rule groups Prometheus has loaded, or None when it does not say."""
+        try:
+            resp = self._prom._session.get(
+                f"{self.url.rstrip('/')}/api/v1/rules", params={"type": "alert"}, timeout=self.timeout
+            )
+            resp.raise_for_status()
+            groups = resp.json()["data"]["groups"]
+            return frozenset(str(g["name"]) for g in groups)
+        except Exception as e:  # an answer we cannot read is no evidence either way
+            log.debug("Prometheus rules at %s: %s", self.url, e)
+            return None
 
     def describe(self, error: Exception) -> str:
         """The same words for the same failure: the message goes into SLOMet, and a message that

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 PoolKey = tuple[str, str]
+# The reading's error while the operator runs without Prometheus.
+NO_PROMETHEUS = "no Prometheus configured (tgipool run --prometheus-url)"
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,9 @@ class Reading:
     values: Mapping[PoolKey, Mapping[str, float]]
     observed_at: str
     error: str | None = None  # Prometheus unreachable or refusing: every SLOMet is Unknown
+    # The rule groups Prometheus has loaded (GET /api/v1/rules); None: unknown (no Prometheus, or it
+    # did not answer). The ProductionReady checklist looks for the alerts group in it.
+    rule_groups: frozenset[str] | None = None
 
     def of(self, namespace: str, name: str) -> Mapping[str, float]:
         return self.values.get((namespace, name), {})

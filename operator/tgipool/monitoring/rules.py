@@ -29,6 +29,8 @@ GPU_COST_GAUGE = "tgipool_pool_gpu_hourly_cost"
 COLD_START = "tgipool_gateway_cold_start_wait_seconds"
 COLD_START_LIMIT_SECONDS = 600
 ON_POOL = "on (namespace, pool)"
+# The alert group's name: the ProductionReady checklist asks Prometheus whether it is loaded.
+ALERTS_GROUP = "tgipool.alerts"
 
 
 def _alert(
@@ -121,7 +123,7 @@ def rule_groups(window: str = "2m", alert_for: str = "5m") -> dict[str, Any]:
     return {
         "groups": [
             {"name": "tgipool.records", "rules": records},
-            {"name": "tgipool.alerts", "rules": alerts},
+            {"name": ALERTS_GROUP, "rules": alerts},
         ]
     }
 
