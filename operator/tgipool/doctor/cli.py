@@ -146,6 +146,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     if args.json:
         print(json.dumps(rows, indent=2))
+    if not rows and not args.json:
+        print("no ModelPool found")
     for row in rows if not args.json else []:
         print(f"{row['namespace']}/{row['pool']}: {PRODUCTION_READY} {row['productionReady']}")
         if row["checklist"] is None:

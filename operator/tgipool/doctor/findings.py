@@ -85,6 +85,11 @@ def invalid(message: str) -> Finding:
 
 def not_reconciled(pool: ModelPool, ev: Evidence) -> list[Finding]:
     operator = "is the operator running? `kubectl -n tgipool-system logs deploy/tgipool` (or its log)"
+    deleted = ev.pool["metadata"].get("deletionTimestamp")
+    if deleted:
+        why = f"deletionTimestamp {deleted}, finalizers {ev.pool['metadata'].get('finalizers') or []}"
+        fix = f"the operator's finalizer holds the pool until the operator sees the deletion: {operator}"
+        return [Finding("Deleting", "info", "the pool is being deleted", (why,), (fix,))]
     if not ev.status:
         return [Finding("NotReconciled", "warning", "the operator has written no status", (), (operator,))]
     seen, gen = ev.status.get("observedGeneration"), pool.metadata.generation

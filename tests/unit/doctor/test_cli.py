@@ -103,6 +103,9 @@ def test_check_prints_status_checklist(
     assert row["productionReady"] == "False" and row["checklist"] == doc["status"]["checklist"]
     doc["status"]["conditions"][-1]["status"] = "True"
     assert run(monkeypatch, kube, ["check", "-n", "ml"]) == 0
+    capsys.readouterr()
+    assert run(monkeypatch, FakeKube([], [], []), ["check", "-n", "ml"]) == 0
+    assert capsys.readouterr().out == "no ModelPool found\n"
     doc["status"].pop("checklist")
     assert run(monkeypatch, kube, ["check", "-n", "ml"]) == 2
     assert "no checklist in its status yet" in capsys.readouterr().out

@@ -398,6 +398,12 @@ def test_status_missing_stale_not_production_ready_and_invalid() -> None:
     doc["metadata"]["generation"] = 2
     assert find(doc)["StaleStatus"].evidence == ("metadata.generation 2, status.observedGeneration 1",)
     doc = pool_doc()
+    doc["metadata"].update(
+        generation=2, deletionTimestamp="2026-11-29T11:00:00Z", finalizers=["tgipool.io/finalizer"]
+    )
+    f = find(doc)["Deleting"]
+    assert "StaleStatus" not in find(doc) and "finalizers ['tgipool.io/finalizer']" in f.evidence[0]
+    doc = pool_doc()
     doc["status"]["checklist"] = [{"item": "SLO set", "ok": False, "detail": "unset"}]
     f = find(doc)["NotProductionReady"]
     assert f.evidence == ("SLO set: unset",) and f.fixes == (
