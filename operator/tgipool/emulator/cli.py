@@ -19,6 +19,12 @@ from tgipool.emulator import faults
 from tgipool.emulator.runner import serve_forever
 from tgipool.emulator.settings import EmulatorSettings, SettingsError
 
+
+def _csv(value: str) -> tuple[str, ...]:
+    """TGI's comma-separated `--lora-adapters`."""
+    return tuple(v for v in value.split(",") if v)
+
+
 _FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("model-id", str, "model id reported by /info and the OpenAI routes"),
     ("hostname", str, "bind address (TGI default 0.0.0.0)"),
@@ -40,6 +46,7 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("decode-step-growth-ms", float, "model knob: extra decode step time per running sequence"),
     ("load-seconds", float, "cold start: /health and generation answer 503 for this long after start"),
     ("tokenizer", str, "path to a tokenizer.json (default: ~4 characters per token approximation)"),
+    ("lora-adapters", _csv, "LoRA adapters TGI loads at start: id[@revision] or name=/path, comma-separated"),
 ]
 
 

@@ -65,6 +65,8 @@ def test_cli_wiring(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
     settings = emulator_cli.settings_from_args(args)
     assert (settings.max_total_tokens, settings.decode_step_ms, settings.port) == (1000, 5.0, 8080)
     assert args.func is emulator_cli.main
+    lora = parser.parse_args(["emulate", "--lora-adapters", "org/legal-lora@abc,med=/data/med"])
+    assert emulator_cli.settings_from_args(lora).adapter_ids == {"org/legal-lora", "med"}
     bad = parser.parse_args(["emulate", "--max-input-tokens", "2000"])
     assert emulator_cli.main(bad) == 1
     assert 'Error: ArgumentValidation("`max_input_tokens`(2000) must be < `max_total_tokens`(1000)")' in (
