@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tgipool.activation import parse_time
 from tgipool.desired.names import COMPONENT_LABEL, SERVER
 from tgipool.manifest import Manifest
 
@@ -66,15 +67,6 @@ class Evidence:
 
     def condition(self, ctype: str) -> Mapping[str, Any]:
         return next((c for c in self.status.get("conditions") or [] if c.get("type") == ctype), {})
-
-
-def parse_time(value: str | None) -> datetime.datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def pod_name(pod: Manifest) -> str:

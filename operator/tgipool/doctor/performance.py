@@ -11,9 +11,10 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tgipool.activation import parse_time
 from tgipool.api.modelpool import ModelPool
 from tgipool.doctor import remedies
-from tgipool.doctor.evidence import Evidence, Finding, Severity, parse_time
+from tgipool.doctor.evidence import Evidence, Finding, Severity
 from tgipool.monitoring.rules import COLD_START_LIMIT_SECONDS
 from tgipool.planner import plan
 
