@@ -68,15 +68,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import tgipool.handlers.modelgateway
     import tgipool.handlers.pool  # noqa: F401  registers the handlers
+    from tgipool.handlers.peering import own_identity
     from tgipool.options import RunOptions
 
     if args.metrics_interval <= 0:
         raise SystemExit("--metrics-interval must be above 0 seconds")
+    # kopf's identity is chosen here so that the startup handler can announce it before kopf lists peers.
+    identity: Any = own_identity() if args.peering else None
     options = RunOptions(
         prometheus_url=args.prometheus_url,
         metrics_window=args.metrics_window,
         metrics_interval=args.metrics_interval,
         metrics_port=args.metrics_port,
+        peering_identity=identity,
+        namespaces=tuple(args.namespace or ()),
     )
     kopf.configure(
         verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.FULL
@@ -88,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             clusterwide=not args.namespace,
             standalone=args.peering is None,
             peering_name=args.peering,
+            identity=identity,
             # kopf pauses every peer that shares the highest priority: without distinct
             # priorities all replicas would stand by. A random one makes exactly one active.
             priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),  # noqa: S311  not a secret

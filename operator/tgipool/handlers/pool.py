@@ -13,9 +13,11 @@ from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import names
 from tgipool.handlers import indexes
 from tgipool.handlers.live_metrics import LiveMetrics, PoolGauges
+from tgipool.handlers.peering import announce
 from tgipool.handlers.reconcile import reconcile
 from tgipool.handlers.writer import Writer
 from tgipool.k8s.client import Kube
+from tgipool.k8s.errors import RETRY_DELAY_SECONDS
 from tgipool.monitoring.reader import PrometheusReader
 from tgipool.monitoring.readings import Reading
 from tgipool.options import RunOptions
@@ -26,7 +28,7 @@ TIMER_SECONDS = 3.0
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Every kopf setting in one place; the API client is made here, not at import."""
     prefix = "tgipool.io"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
@@ -41,6 +43,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
     settings.networking.request_timeout = 60
+    # An exception that is no answer of the API server (unreachable, connection cut) is passing trouble
+    # like a 5xx: retried as soon (kopf's default waits 60 s).
+    settings.execution.default_backoff = RETRY_DELAY_SECONDS
     memo.cfg = DEFAULT_CONFIG
     memo.writer = Writer(Kube.from_environment(field_manager=memo.cfg.field_manager))
     opts: RunOptions = getattr(memo, "options", None) or RunOptions()
@@ -56,6 +61,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         from prometheus_client import start_http_server
 
         start_http_server(opts.metrics_port, addr=opts.metrics_address, registry=memo.gauges.registry)
+    if opts.peering_identity and not settings.peering.standalone:
+        # Before kopf lists its peers: so that replicas started together all see each other first.
+        await announce(memo.writer.kube, settings, opts.peering_identity, opts.namespaces, logger)
 
 
 @kopf.on.cleanup()

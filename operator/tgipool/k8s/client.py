@@ -156,3 +156,7 @@ class Kube:
             "PATCH", url, {"status": status}, "application/merge-patch+json", target=(kind, f"{name}/status")
         )
         return out
+
+    def merge_patch(self, url: str, body: dict[str, Any]) -> None:
+        """A merge patch of an object outside the kinds above, by its URL (kopf's peering object)."""
+        self._call("PATCH", url, body, "application/merge-patch+json")
