@@ -51,10 +51,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     opts: RunOptions = getattr(memo, "options", None) or RunOptions()
     reader = PrometheusReader(opts.prometheus_url, opts.metrics_window) if opts.prometheus_url else None
     memo.live = LiveMetrics(reader, opts.metrics_interval)
-    memo.live.start()
     # A first round before any pool is reconciled: a restarted operator must not write a status
     # without its live numbers and then again with them (the read is bounded by its timeout).
     await memo.live.refresh()
+    memo.live.start()
     memo.gauges = PoolGauges()
     memo.folded = {}  # pool key -> the metrics round and gateway routing its status last folded in
     if opts.metrics_port:
