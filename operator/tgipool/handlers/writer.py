@@ -74,6 +74,12 @@ class Outcome:
         return len(self.applied) + len(self.deleted) + int(self.status_written)
 
 
+# Children without state that server-side apply cannot always merge a hand edit back into: a Service's
+# ports are keyed by port number, so an edited number leaves our entry next to the edited one under one
+# name, and every apply is refused (422). Deleting and recreating them is the way back to the spec.
+RECREATE_WHEN_INVALID = frozenset({"Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"})
+
+
 class Writer:
     """Applies children, deletes them and patches status; remembers the answers (children, and the
     pools and gateways whose status we wrote), and keeps one lock per reconciled object."""
@@ -120,7 +126,22 @@ class Writer:
                 self.remember(await asyncio.to_thread(self.kube.apply, stamped(manifest)))
                 out.applied.append(f"{kind}/{meta['name']}")
             except ApplyError as e:
-                out.errors.append(e)
+                if e.status == 422 and kind in RECREATE_WHEN_INVALID and current is not None:
+                    await self._recreate(manifest, out)
+                else:
+                    out.errors.append(e)
+
+    async def _recreate(self, manifest: Manifest, out: Outcome) -> None:
+        """A stateless child that a hand edit left in a shape our apply cannot merge back into: made anew."""
+        kind, meta = manifest["kind"], manifest["metadata"]
+        await self.delete(manifest, out)
+        if out.errors:
+            return
+        try:
+            self.remember(await asyncio.to_thread(self.kube.apply, stamped(manifest)))
+            out.applied.append(f"{kind}/{meta['name']} (recreated)")
+        except ApplyError as e:
+            out.errors.append(e)
 
     async def delete(self, child: Manifest, out: Outcome) -> None:
         kind, meta = child["kind"], child["metadata"]
