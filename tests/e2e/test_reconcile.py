@@ -115,11 +115,14 @@ def test_update_rolls_the_deployment(operator: Operator, ns: str) -> None:
     assert res["limits"]["nvidia.com/gpu"] == "2"
 
     def converged() -> dict[str, Any] | None:
+        # Ready holds through the roll (the old pod serves while the new one loads its weights);
+        # Progressing turns False once the Deployment has rolled out.
         p = pool("roll", ns)
         gen_ok = p["status"].get("observedGeneration") == p["metadata"]["generation"]
-        return p if gen_ok and condition(p, "Ready")["status"] == "True" else None
+        rolled = condition(p, "Progressing")["status"] == "False"
+        return p if gen_ok and rolled and condition(p, "Ready")["status"] == "True" else None
 
-    wait_for("observedGeneration", converged, timeout=120)
+    wait_for("observedGeneration and the roll done", converged, timeout=120)
     pods = items("pods", ns, "tgipool.io/pool=roll,app.kubernetes.io/component=inference-server")
     assert all(
         "--num-shard=2" in pod["spec"]["containers"][0]["args"]
