@@ -537,8 +537,10 @@ def test_hand_changed_service_port_is_reverted(
     finally:
         row["writes"] = delta(before, write_requests())
         report["a Service's port changed by hand"] = row
-    # The edit, the refused apply (422), the delete and the new Service: nothing repeats.
-    assert row["writes"].get("services", 0) <= 4, row
+    # The edit, the refused apply (422), the delete and the new Service, and at most one more apply when
+    # the delete's watch event arrives after our own answer: bounded, where it used to repeat forever.
+    assert row["writes"].get("services", 0) <= 6, row
+    assert quiet_writes(fleet) == {}
 
 
 def test_two_replicas_started_at_once_one_acts(
