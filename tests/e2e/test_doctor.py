@@ -100,8 +100,9 @@ def test_pending_unschedulable(operator: Operator, ns: str) -> None:
     """4 shards on the cluster's only L4 node (2 GPUs): the scheduler's reason, and the planner's fix."""
     l4 = {"product": "NVIDIA-L4", "memoryGiB": 24, "hourlyPrice": 0.8}
     apply_pool("wide", ns, model=model(), engine={"numShard": 4}, gpu=l4, replicas={"min": 1, "max": 1})
-    # The scheduler's reason, once it has tried the pod (its first message may name another predicate).
-    f = finding("wide", ns, "Unschedulable", has="FailedScheduling on Pod/wide-")
+    # The scheduler's reason for the GPU pod, once it has tried it: before that the doctor may report the
+    # prefetch Job's pod (also `wide-…`), briefly Pending on its unbound cache PVC.
+    f = finding("wide", ns, "Unschedulable", has="Insufficient nvidia.com/gpu")
     assert "Insufficient nvidia.com/gpu" in f["title"], f
     assert any(e.startswith("pod wide-") and "Pending" in e for e in f["evidence"])
     assert any("event FailedScheduling on Pod/wide-" in e for e in f["evidence"])
