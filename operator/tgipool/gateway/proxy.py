@@ -32,29 +32,14 @@ from tgipool.gateway.errors import POOL_HEADER, Rejection, error_response, rende
 from tgipool.gateway.overload import CAPPED_HEADER, OVERLOAD_HEADER, capped_body, say
 from tgipool.gateway.routing import Endpoint, Pool
 from tgipool.gateway.state import Gateway
-from tgipool.gateway.streaming import ENDPOINT_HEADER, fail, relay, response_headers
+from tgipool.gateway.streaming import ENDPOINT_HEADER, HOP_BY_HOP, fail, relay, response_headers
 from tgipool.gateway.wake import COLD_START_HEADER, hold, must_hold, start_held_stream
 
 log = logging.getLogger("tgipool.gateway")
 
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-    }
-)
 # Also never upstream: the client's credentials and cookies, what it claims about forwarding, our own
 # routing headers, `Expect` (answered here), and `Content-Encoding` (aiohttp has decoded the body).
-_REQUEST_DROP = _HOP_BY_HOP | {
+_REQUEST_DROP = HOP_BY_HOP | {
     "host",
     "authorization",
     "cookie",

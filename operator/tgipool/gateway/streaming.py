@@ -25,11 +25,13 @@ from tgipool.gateway.wake import end_held_stream
 log = logging.getLogger("tgipool.gateway")
 
 ENDPOINT_HEADER = "X-TGIPool-Endpoint"
-_RESPONSE_DROP = frozenset(
+# Hop-by-hop headers (RFC 9110 7.6.1, and the legacy ones) and Content-Length: never relayed either way.
+HOP_BY_HOP = frozenset(
     {
         "connection",
         "keep-alive",
         "proxy-authenticate",
+        "proxy-authorization",
         "proxy-connection",
         "te",
         "trailer",
@@ -46,7 +48,7 @@ class ClientGoneError(Exception):
 
 
 def response_headers(upstream: aiohttp.ClientResponse, pool: str, endpoint_id: str) -> CIMultiDict[str]:
-    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP)
+    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP)
     headers[POOL_HEADER] = pool
     # Which server answered, by id (never its address): operators trace a slow or failing reply to a pod.
     headers[ENDPOINT_HEADER] = endpoint_id
