@@ -134,8 +134,9 @@ class Writer:
     async def _recreate(self, manifest: Manifest, out: Outcome) -> None:
         """A stateless child that a hand edit left in a shape our apply cannot merge back into: made anew."""
         kind, meta = manifest["kind"], manifest["metadata"]
+        refused = len(out.errors)
         await self.delete(manifest, out)
-        if out.errors:
+        if len(out.errors) > refused:  # the delete itself was refused: report that, don't re-apply
             return
         try:
             self.remember(await asyncio.to_thread(self.kube.apply, stamped(manifest)))
