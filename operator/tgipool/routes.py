@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from tgipool.api.modelgateway import ModelGateway, RoutePool
-from tgipool.api.modelpool import ModelPool
+from tgipool.api.modelpool import EngineKind, ModelPool
 from tgipool.api.routing import Environment, OverloadPolicy
 from tgipool.desired import names
 from tgipool.desired.demand import demand_lease_name
@@ -33,6 +33,7 @@ class Route(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
     name: Name
     served_name: Name | None = Field(default=None, description="Model name clients ask for; default: name.")
+    engine: EngineKind = Field(default="tgi", description="The pool's inference server (spec.engine.kind).")
     max_input_tokens: int = Field(ge=1, le=1_048_576)
     max_total_tokens: int = Field(ge=2, le=1_048_576)
     max_concurrent_requests: int | None = Field(default=None, ge=1, le=65_536)
@@ -117,6 +118,7 @@ def route(pool: ModelPool, endpoints: list[str], routed: Mapping[str, Environmen
     return Route(
         name=pool.name,
         served_name=pool.served_name,
+        engine=pool.spec.engine.kind,
         max_input_tokens=limits.max_input_tokens,
         max_total_tokens=limits.max_total_tokens,
         max_concurrent_requests=limits.max_concurrent_requests,

@@ -42,6 +42,7 @@ KvCacheDtype = Literal["fp8_e4m3fn", "fp8_e5m2"]
 Profile = Literal["short", "balanced", "long", "custom"]
 Tier = Literal["hot", "warm", "cold"]
 AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]
+EngineKind = Literal["tgi", "vllm", "sglang"]
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -106,6 +107,7 @@ class Engine(Spec):
     model_config = ConfigDict(
         json_schema_extra={"x-kubernetes-validations": [rules.QUANTIZE_DTYPE_CEL]},
     )
+    kind: EngineKind = Field(default="tgi", description="Inference server: tgi (default), vllm or sglang.")
     image: str = Field(
         default="ghcr.io/huggingface/text-generation-inference:3.3.6",
         min_length=1,

@@ -10,6 +10,7 @@ from tgipool.api.modelpool import GROUP, KIND, VERSION, ModelPool
 from tgipool.manifest import Manifest
 
 POOL_LABEL = f"{GROUP}/pool"
+ENGINE_LABEL = f"{GROUP}/engine"  # on pods of non-TGI engines: the simulator emulates that engine
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY = "tgipool"
 SERVER = "inference-server"
@@ -44,13 +45,17 @@ def selector_labels(pool: ModelPool, component: str = SERVER) -> dict[str, str]:
 
 
 def labels(pool: ModelPool, component: str = SERVER) -> dict[str, str]:
-    return {
+    out = {
         "app.kubernetes.io/name": "text-generation-inference",
         "app.kubernetes.io/instance": pool.name,
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/part-of": "tgipool",
         **selector_labels(pool, component),
     }
+    # Only other engines carry it: a new label on a TGI pod template would roll every existing pool.
+    if pool.spec.engine.kind != "tgi":
+        out[ENGINE_LABEL] = pool.spec.engine.kind
+    return out
 
 
 def metadata(pool: ModelPool, name: str, component: str = SERVER) -> Manifest:
