@@ -16,6 +16,7 @@ from tgipool.api.parse import describe_validation_error, parse_pool
 from tgipool.planner import memory
 from tgipool.planner.performance import plan_performance
 from tgipool.planner.verdicts import Assessment, assess
+from tgipool.sizing import cli as sizing_cli
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "sequences at maxTotalTokens, and with --prefill/--decode rates latency, QPS and cost.",
     )
     p.add_argument(
-        "-f", "--filename", action="append", required=True, metavar="FILE",
+        "-f", "--filename", action="append", metavar="FILE",
         help="a YAML file or a folder of them (repeatable)",
     )  # fmt: skip
     p.add_argument("--config", metavar="CONFIG_JSON", help="the model's HuggingFace config.json (all pools)")
@@ -47,6 +48,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--namespace", "-n", default="default", help="namespace for pools that name none")
     p.add_argument("--json", action="store_true", help="a JSON array, one object per pool")
     p.add_argument("--strict", action="store_true", help="exit 1 when a pool would be refused")
+    sizing_cli.add_arguments(p)
     p.set_defaults(func=cmd_plan)
     return p
 
@@ -155,6 +157,11 @@ def _table(row: dict[str, Any]) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    if args.traffic:
+        return sizing_cli.cmd(args)
+    if not args.filename:
+        print("error: give ModelPools (-f FILE) or a traffic description (--traffic FILE)", file=sys.stderr)
+        return 2
     config: dict[str, Any] | None = None
     if args.config:
         try:
