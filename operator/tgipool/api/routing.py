@@ -34,7 +34,8 @@ class Overload(_Spec):
     )
     policy: OverloadPolicy = Field(
         default="spill",
-        description="spill: to routing.fallbackPool when it has room, else wait in the queue (429 with "
+        description="spill: to routing.fallbackPool (default: the model's next wider pool that fits; never a "
+        "narrower one) when it has room, else wait in the queue (429 with "
         "Retry-After after queueTimeoutSeconds); cap: wait, generating at most capMaxNewTokens "
         "(X-TGIPool-Capped-Max-New-Tokens says so); spare: serve from sparePool (another model) when it has "
         "room; reject: 429 with Retry-After at once.",

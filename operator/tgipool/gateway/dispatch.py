@@ -2,7 +2,8 @@
 
 The request's model picks the candidate pools, the tenant narrows them, the routing rule of `routing.py`
 picks one by length, the tenant's rate limits apply; then `acquire` takes the endpoint with the least work
-in flight, spills to the fallback pool when it has room and fits, or waits in the pool's priority queue.
+in flight, spills to the fallback pool (by default the next wider pool of the model) when it has room and
+fits, or waits in the pool's priority queue.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ async def dispatch(
     n = counts[pool.counter.key]
     adapter_id = pool.adapters[adapter] if adapter is not None else None
     fallback = await _fallback(gw, pool, tenant, parsed, adapter)
+    if fallback is None and pool.overload == "spill" and pool.fallback is None:
+        fallback = _wider(pools, pool, {k: max(v) for k, v in counts.items()}, parsed.max_new, adapter)
     if tenant is not None:  # the most the request may use, on its pool or on the fallback
         cost = parsed.cost(pool, n)
         if fallback is not None:
@@ -93,6 +96,22 @@ def _charge(tenant: Tenant, cost: int) -> None:
         "rate_limited",
         {"Retry-After": str(refused.wait)},
     )
+
+
+def _wider(
+    pools: list[Pool], pool: Pool, counts: dict[str, int], max_new: int | None, adapter: str | None
+) -> Pool | None:
+    """Spill without a fallbackPool: the next wider pool of the same model (a long pool for a short request)
+    that fits the request; a pool never spills to a narrower one, so long requests keep the long pool."""
+    wider = [
+        p
+        for p in pools
+        if p.total_limit > pool.total_limit
+        and p.environment == pool.environment
+        and p.fits(counts[p.counter.key], max_new)
+        and (adapter is None or p.adapters.get(adapter) == pool.adapters[adapter])
+    ]
+    return min(wider, key=lambda p: (p.total_limit, -p.priority, p.name), default=None)
 
 
 async def _fallback(

@@ -153,3 +153,34 @@ def test_backend_429_is_saturation_and_limit_is_learned_from_info() -> None:
             assert st.metric("tgipool_gateway_retries_total", pool="p", reason="overloaded") >= 1
 
     asyncio.run(scenario())
+
+
+def test_a_saturated_short_pool_spills_to_the_wider_pool_without_a_fallback_but_never_back() -> None:
+    async def scenario() -> None:
+        async with stack({}, lambda urls: {"pools": []}) as st:
+            short_gate, long_gate = GatedBackend(), GatedBackend()
+            short_url, long_url = await serve_app(st, short_gate.app()), await serve_app(st, long_gate.app())
+            cfg = _two_pools(short_url, long_url, queueTimeoutSeconds=30)
+            del cfg["pools"][0]["fallbackPool"]
+            cfg["pools"][1]["maxConcurrentRequests"] = 1
+            st.gateway.gateway.apply(_parse(cfg))
+            holder = asyncio.create_task(st.generate("first"))
+            await wait_until(lambda: short_gate.seen == ["first"], "the holder to reach the short pool")
+            # short is full: a short request spills to the wider long pool, which has room.
+            spilled = asyncio.create_task(st.generate("second"))
+            await wait_until(lambda: long_gate.seen == ["second"], "the spill to reach the long pool")
+            assert st.metric("tgipool_gateway_fallbacks_total", pool="short", fallback="long") == 1
+            # Both full now: a long request waits for the long pool; it never goes to the short pool.
+            long_pool = st.gateway.gateway.table.pools["long"]
+            waiting = asyncio.create_task(st.generate("x " * 3000, max_new_tokens=10))
+            await wait_until(lambda: len(long_pool.waiters) == 1, "the long request to queue on long")
+            short_gate.gate.set()
+            status, headers, _ = await holder
+            assert (status, headers["X-TGIPool-Pool"]) == (200, "short")
+            assert not waiting.done() and short_gate.seen == ["first"]
+            long_gate.gate.set()
+            for task, pool in ((spilled, "long"), (waiting, "long")):
+                status, headers, body = await task
+                assert (status, headers["X-TGIPool-Pool"]) == (200, pool), body
+
+    asyncio.run(scenario())
