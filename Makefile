@@ -77,11 +77,14 @@ demo: tools install ## local cluster + operator + example pools, Ready on simula
 demo-down: ## stop the demo operator and the cluster
 	tools/demo.sh down
 
-bench-deps: ## nginx, the plain reverse proxy the gateway bench compares against
+bench-deps: install ## nginx (the plain proxy the benches compare against) and the bench group (plots)
 	@command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light; }
+	$(UV) pip install -q --python $(PY) --group bench
 
-bench: install bench-deps cluster-up ## benchmarks (ratios measured side by side; the operator bench needs the cluster)
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+bench: bench-deps cluster-up ## every benchmark, side by side with its peers; tables and plots in bench/results/
+	@mkdir -p bench/results
+	@for b in bench/*_bench.py bench/gateway_api_requests.py; do echo "== $$b"; \
+	  $(PY) $$b 2>&1 | tee bench/results/$$(basename $$b .py).txt || exit 1; done
 
 clean: cluster-down ## remove the venv and caches (not the binary cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -44,6 +44,7 @@ class ClassResult:
     target: float
     latencies: list[float] = field(default_factory=list)
     unfinished: int = 0
+    completions: list[float] = field(default_factory=list)  # seconds from the start, every request
 
     @property
     def count(self) -> int:
@@ -203,6 +204,7 @@ async def _simulate(
             if counted:
                 results[name].unfinished += 1
             raise
+        results[name].completions.append(loop.time() - start)
         if counted:
             results[name].latencies.append(loop.time() - arrived)
 
@@ -229,3 +231,12 @@ async def _simulate(
     for task in runners:
         task.cancel()
     return results
+
+
+def capacity(traffic: Traffic, layouts: list[PoolLayout], seconds: float = 60.0, seed: int = 1) -> float:
+    """Requests per second `layouts` complete when offered more than they can serve (here 4x the rate of
+    `traffic`): the saturation throughput that load percentages refer to."""
+    warmup = seconds / 4
+    results = simulate(traffic.scaled(traffic.rate_per_second * 4), layouts, seconds, seed, warmup)
+    done = sum(1 for r in results.values() for t in r.completions if warmup <= t <= seconds)
+    return done / (seconds - warmup)
