@@ -23,7 +23,7 @@ from tgipool.desired import names
 from tgipool.desired.cache import needs_fetch
 from tgipool.desired.service import endpoint
 from tgipool.manifest import Manifest
-from tgipool.monitoring.readings import Reading, metrics_status, slo_verdict
+from tgipool.monitoring.readings import Reading, metrics_status, plan_verdict, slo_verdict
 from tgipool.planner import Assessment
 
 
@@ -286,6 +286,10 @@ def compute_status(
     if reading is not None:
         metrics, slo = live_status(pool, reading, replicas, previous_metrics)
         verdicts.append(("SLOMet", slo))
+        planned = pool.metadata.annotations.get(names.PLANNED_RPS_ANNOTATION)
+        if planned is not None:
+            v = plan_verdict(reading.of(pool.namespace, pool.name), planned, reading.error)
+            verdicts.append(("TrafficMatchesPlan", Verdict(v.status, v.reason, v.message)))
     items = checklist.items(pool, metrics, reading, facts or checklist.Facts())
     verdicts.append((PRODUCTION_READY, _cond(*checklist.production_ready(items))))
     return ModelPoolStatus(

@@ -84,3 +84,28 @@ def test_prometheus_down_keeps_the_last_numbers_and_only_slo_changes(short_pool:
 def test_without_the_metrics_loop_there_is_no_slo_condition(short_pool: dict[str, Any]) -> None:
     status = _status(short_pool, None)
     assert "SLOMet" not in {c["type"] for c in status["conditions"]} and "metrics" not in status
+
+
+def _plan(status: dict[str, Any]) -> dict[str, Any] | None:
+    return next((c for c in status["conditions"] if c["type"] == "TrafficMatchesPlan"), None)
+
+
+def test_traffic_against_the_plan_the_pool_was_sized_for(short_pool: dict[str, Any]) -> None:
+    key = (short_pool["metadata"]["namespace"], short_pool["metadata"]["name"])
+    assert (
+        _plan(_status(short_pool, Reading(values={key: {"requestsPerSecond": 10.0}}, observed_at="T")))
+        is None
+    )
+    planned = {**short_pool, "metadata": {**short_pool["metadata"], "annotations": {
+        "tgipool.io/planned-requests-per-second": "20"}}}  # fmt: skip
+    for seen, expected in ((20.0, ("True", "WithinPlan")), (26.0, ("False", "AbovePlan")),
+                           (9.0, ("False", "BelowPlan")), (None, ("Unknown", "NoTraffic"))):  # fmt: skip
+        values = {} if seen is None else {"requestsPerSecond": seen}
+        cond = _plan(_status(planned, Reading(values={key: values}, observed_at="T")))
+        assert cond is not None and (cond["status"], cond["reason"]) == expected, (seen, cond)
+    cond = _plan(_status(planned, Reading(values={}, observed_at="T", error="connection refused")))
+    assert cond is not None and cond["reason"] == "MetricsUnavailable"
+    bad = {**planned, "metadata": {**planned["metadata"], "annotations": {
+        "tgipool.io/planned-requests-per-second": "lots"}}}  # fmt: skip
+    cond = _plan(_status(bad, Reading(values={key: {"requestsPerSecond": 1.0}}, observed_at="T")))
+    assert cond is not None and cond["reason"] == "InvalidPlan" and "'lots'" in cond["message"]

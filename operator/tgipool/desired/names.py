@@ -10,6 +10,8 @@ from tgipool.api.modelpool import GROUP, KIND, VERSION, ModelPool
 from tgipool.manifest import Manifest
 
 POOL_LABEL = f"{GROUP}/pool"
+# What `tgipool plan --traffic` sized a pool for; the status compares it with the live rate.
+PLANNED_RPS_ANNOTATION = f"{GROUP}/planned-requests-per-second"
 ENGINE_LABEL = f"{GROUP}/engine"  # on pods of non-TGI engines: the simulator emulates that engine
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY = "tgipool"

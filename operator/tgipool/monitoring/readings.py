@@ -97,3 +97,32 @@ def slo_verdict(values: Mapping[str, float], target_ms: int | None, error: str |
     if p95 <= target_ms:
         return SloVerdict("True", "WithinObjective", f"p95 {p95:.0f} ms <= objective {target_ms} ms")
     return SloVerdict("False", "AboveObjective", f"p95 {p95:.0f} ms > objective {target_ms} ms")
+
+
+# Observed over planned requests per second outside [BELOW, ABOVE]: the plan no longer describes the pool.
+PLAN_ABOVE = 1.25
+PLAN_BELOW = 0.5
+
+
+def plan_verdict(values: Mapping[str, float], planned: str, error: str | None) -> SloVerdict:
+    """TrafficMatchesPlan: the live request rate against the rate `tgipool plan --traffic` sized the pool
+    for (its annotation)."""
+    try:
+        rate = float(planned)
+    except ValueError:
+        rate = -1.0
+    if not rate > 0:
+        return SloVerdict(
+            "Unknown", "InvalidPlan", f"planned requests per second {planned!r} is not a number > 0"
+        )
+    if error is not None:
+        return SloVerdict("Unknown", "MetricsUnavailable", f"cannot read Prometheus: {error}")
+    seen = values.get("requestsPerSecond")
+    if seen is None:
+        return SloVerdict("Unknown", "NoTraffic", "no request rate in the metrics window")
+    said = f"{seen:.2f} req/s against a plan of {rate:g} req/s"
+    if seen > rate * PLAN_ABOVE:
+        return SloVerdict("False", "AbovePlan", f"{said}: re-run `tgipool plan --traffic` at the new rate")
+    if seen < rate * PLAN_BELOW:
+        return SloVerdict("False", "BelowPlan", f"{said}: the pool is sized for more than it serves")
+    return SloVerdict("True", "WithinPlan", said)

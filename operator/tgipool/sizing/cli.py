@@ -12,10 +12,9 @@ import yaml
 from pydantic import ValidationError
 
 from tgipool.api.parse import describe_validation_error
+from tgipool.desired.names import PLANNED_RPS_ANNOTATION
 from tgipool.sizing.split import Recommendation, fmt_seconds, recommend
 from tgipool.sizing.traffic import Traffic
-
-PLANNED_RPS_ANNOTATION = "tgipool.io/planned-requests-per-second"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
