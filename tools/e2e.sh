@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # e2e tests: against $KUBECONFIG when set, else against the local simulated cluster, which this
 # script brings up when it is not running and takes down again at the end.
+#   tools/e2e.sh                              the whole suite
+#   tools/e2e.sh tests/e2e/test_x.py [-k y]   only those files
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -16,4 +18,7 @@ fi
 cleanup() { if ((started)); then tools/cluster.sh down; fi; }
 trap cleanup EXIT
 echo "e2e against $KUBECONFIG ($(kubectl config current-context))"
-.venv/bin/pytest -q -m e2e tests/e2e "$@"
+# Test paths given (tools/e2e.sh tests/e2e/test_x.py): only those; otherwise the whole suite (plus any flags).
+targets=(tests/e2e)
+for arg in "$@"; do [[ "$arg" == tests/* ]] && targets=(); done
+.venv/bin/pytest -q -m e2e "${targets[@]}" "$@"
