@@ -199,3 +199,16 @@ def test_every_hpa_scales_on_queue_and_p95_unless_latency_is_off(short_pool: dic
         doc = {**short_pool, "spec": {**short_pool["spec"], "profile": profile, "slo": {}, "autoscaling": {}}}
         hpa = build_children(pool_of(doc), DEFAULT_CONFIG).hpa
         assert hpa is not None and hpa["spec"]["metrics"][1]["object"]["target"]["value"] == target
+
+
+def test_a_shared_gpu_budget_caps_the_hpa_at_what_the_others_leave(short_pool: dict[str, Any]) -> None:
+    from tgipool.api.budget import ceiling
+    from tgipool.desired.autoscaling import build_hpa
+
+    # 8 GPUs, the others hold 5, 2 GPUs per replica: 1 replica more fits; never below min, never above max.
+    assert ceiling(own_max=4, own_min=1, gpus_per_replica=2, budget_gpus=8, others_gpus=5) == 1
+    assert ceiling(own_max=4, own_min=2, gpus_per_replica=2, budget_gpus=8, others_gpus=8) == 2
+    assert ceiling(own_max=3, own_min=1, gpus_per_replica=1, budget_gpus=100, others_gpus=0) == 3
+    pool = ModelPool.model_validate(short_pool)
+    assert build_hpa(pool, DEFAULT_CONFIG, 1)["spec"]["maxReplicas"] == 1
+    assert build_hpa(pool, DEFAULT_CONFIG)["spec"]["maxReplicas"] == pool.spec.replicas.ceiling

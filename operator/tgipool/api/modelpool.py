@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from tgipool.api import rules
+from tgipool.api.budget import GpuBudget
 from tgipool.api.checklist import ChecklistItem
 from tgipool.api.profiles import EffectiveLimits, default_slo_p95_ms, effective_limits
 from tgipool.api.routing import SPEC_RULES, Environment, Routing
@@ -208,6 +209,9 @@ class Autoscaling(Spec):
     )
     scale_down_stabilization_seconds: int = Field(
         default=300, ge=0, le=3600, description="How long load must stay low before the HPA removes replicas."
+    )
+    gpu_budget: GpuBudget | None = Field(
+        default=None, description="GPUs shared with pools of the same budget."
     )
 
 

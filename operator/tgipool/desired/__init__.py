@@ -31,9 +31,11 @@ class Children:
         return [m for m in items if m is not None]
 
 
-def build_children(pool: ModelPool, cfg: OperatorConfig, awake: bool | None = None) -> Children:
+def build_children(
+    pool: ModelPool, cfg: OperatorConfig, awake: bool | None = None, hpa_max: int | None = None
+) -> Children:
     """`awake`: a warm or cold pool with fresh demand (see `activation.py`); hot pools always are.
-    None: the tier's resting state (what `tgipool render` shows).
+    None: the tier's resting state (what `tgipool render` shows). `hpa_max`: a shared budget's ceiling.
 
     At rest a warm pool keeps its cache, Job and a Deployment at zero, a cold pool only its demand
     Lease. The HPA exists only while the pool is awake, so it never holds a resting pool above zero.
@@ -48,7 +50,7 @@ def build_children(pool: ModelPool, cfg: OperatorConfig, awake: bool | None = No
         cache=build_cache_pvc(pool, cfg),
         fetch_job=build_fetch_job(pool, cfg) if needs_fetch(pool) else None,
         deployment=build_deployment(pool, cfg, awake),
-        hpa=build_hpa(pool, cfg) if awake else None,
+        hpa=build_hpa(pool, cfg, hpa_max) if awake else None,
         pdb=build_pdb(pool, cfg),
         demand=demand,
     )

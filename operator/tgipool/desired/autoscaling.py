@@ -24,7 +24,8 @@ def p95_target_ms(pool: ModelPool) -> int | None:
     return scaling.p95_latency_ms or pool.slo_p95_ms
 
 
-def build_hpa(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
+def build_hpa(pool: ModelPool, cfg: OperatorConfig, max_replicas: int | None = None) -> Manifest:
+    """`max_replicas`: the ceiling a shared GPU budget leaves the pool now (`api/budget.py`)."""
     scaling = pool.spec.autoscaling
     metrics: list[Manifest] = [
         {
@@ -55,7 +56,7 @@ def build_hpa(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": pool.name},
             # The HPA cannot hold zero; warm pools scale 0 <-> 1 through the operator.
             "minReplicas": max(1, pool.spec.replicas.min),
-            "maxReplicas": pool.spec.replicas.ceiling,
+            "maxReplicas": pool.spec.replicas.ceiling if max_replicas is None else max_replicas,
             "metrics": metrics,
             "behavior": {
                 "scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds},

@@ -121,6 +121,8 @@ class Snapshot:
     # The gateways whose routing table holds the pool -> the pools of its environment in each table
     # (the checklist's: where it may spill).
     routed_by: dict[str, frozenset[str]] = field(default_factory=dict)
+    # A shared GPU budget (`api/budget.py`): (its GPUs, GPUs the other pools of it hold now); None: none.
+    budget: tuple[int, int] | None = None
 
     def get(self, kind: str, name: str) -> Manifest | None:
         return self.children.get((kind, name))
@@ -143,7 +145,31 @@ def snapshot(kwargs: Mapping[str, Any], key: Key) -> Snapshot:
     pool = next(iter(kwargs.get("pool_index", {}).get(key) or []), None)
     gateways = list(kwargs.get("gateway_index", {}).get(key[0]) or [])
     routing = routed_by(pool, gateways, pools_in(kwargs, key[0])) if pool and gateways else {}
-    return Snapshot(children=children, pods=pods, routed_by=routing)
+    return Snapshot(children=children, pods=pods, routed_by=routing, budget=budget_use(kwargs, key, pool))
+
+
+def _budget_of(pool: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    budget = ((pool.get("spec") or {}).get("autoscaling") or {}).get("gpuBudget")
+    return budget if isinstance(budget, Mapping) and isinstance(budget.get("gpus"), int) else None
+
+
+def budget_use(kwargs: Mapping[str, Any], key: Key, pool: Manifest | None) -> tuple[int, int] | None:
+    """(the budget's GPUs, the GPUs its other pools' Deployments hold): from the caches, no API call."""
+    mine = _budget_of(pool) if pool is not None else None
+    if mine is None:
+        return None
+    gpus, used = int(mine["gpus"]), 0
+    for other in pools_in(kwargs, key[0]):
+        theirs = _budget_of(other)
+        name = other["metadata"]["name"]
+        if theirs is None or theirs.get("name") != mine.get("name") or name == key[1]:
+            continue
+        gpus = min(gpus, int(theirs["gpus"]))
+        shards = int(((other.get("spec") or {}).get("engine") or {}).get("numShard") or 1)
+        for dep in kwargs["deployments_index"].get((key[0], name)) or []:
+            if dep["metadata"]["name"] == name:
+                used += int((dep.get("spec") or {}).get("replicas") or 0) * shards
+    return gpus, used
 
 
 def gateway(kwargs: Mapping[str, Any], key: Key) -> Manifest | None:

@@ -106,10 +106,11 @@ async def pool_timer(
     # differently (the checklist's); warm and cold ones also rest once their demand is older than
     # activation.idleAfterSeconds, which no event announces.
     last = memo.folded.get(key)
-    same = last is not None and last[0] is reading and last[1] == snap.routed_by
+    # ... or a shared GPU budget whose other pools now hold a different number of GPUs.
+    same = last is not None and last[0] is reading and last[1:] == (snap.routed_by, snap.budget)
     if same and (body.get("spec") or {}).get("tier", "hot") == "hot":
         return
-    memo.folded[key] = (reading, snap.routed_by)
+    memo.folded[key] = (reading, snap.routed_by, snap.budget)
     try:
         await _reconcile(indexes.slim(body), snap, memo, logger, reading)
     except (kopf.PermanentError, kopf.TemporaryError) as e:

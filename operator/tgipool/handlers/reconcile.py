@@ -11,6 +11,7 @@ import kopf
 from pydantic import ValidationError
 
 from tgipool.activation import demand_of, is_awake, last_activation
+from tgipool.api import budget
 from tgipool.api.modelpool import ModelPoolStatus
 from tgipool.api.parse import describe_validation_error, parse_pool
 from tgipool.checklist import Facts
@@ -64,7 +65,11 @@ async def _reconcile(
 
     demand = demand_of(snap.get("Lease", demand_lease_name(pool.name)))
     awake = is_awake(pool, demand, datetime.datetime.now(datetime.UTC))
-    children = build_children(pool, cfg, awake)
+    hpa_max = None
+    if snap.budget is not None:
+        replicas = pool.spec.replicas
+        hpa_max = budget.ceiling(replicas.ceiling, replicas.min, pool.spec.engine.num_shard, *snap.budget)
+    children = build_children(pool, cfg, awake, hpa_max)
     job = snap.get("Job", names.fetch_job_name(pool))
     gating = gate(pool, job, assess(pool), awake)
     plan = [children.demand, children.service, children.cache, children.fetch_job]
