@@ -1,8 +1,8 @@
 """Split a GPU budget into one pool per traffic class, sized so each class meets its p95 target.
 
 Pools of a split are independent (each class goes to its own pool), so a class's p95 on `r` replicas is a
-curve of its own traffic alone (`simulate`, the emulator's model). The split gives every class one replica,
-then each further replica to the class furthest above its target (ratio p95 / target); it is feasible when
+curve of its own traffic alone (`simulate`, the emulator's model). The split is the division of the budget
+with the smallest worst ratio p95 / target over the classes (then the smallest sum); it is feasible when
 every ratio is at most 1. The one mixed pool of the same budget is simulated for comparison.
 """
 
@@ -76,8 +76,19 @@ def mixed_layout(traffic: Traffic) -> PoolLayout:
     return PoolLayout("mixed", widest_in, max(c.max_total for c in traffic.classes), traffic.replicas)
 
 
+def _compositions(n: int, parts: int) -> list[tuple[int, ...]]:
+    """Every way to give `n` replicas to `parts` pools, one at least each (bounded: the CLI's budgets)."""
+    if parts == 1:
+        return [(n,)]
+    return [
+        (first, *rest) for first in range(1, n - parts + 2) for rest in _compositions(n - first, parts - 1)
+    ]
+
+
 def recommend(traffic: Traffic, seconds: float = 60.0, seed: int = 1) -> Recommendation:
     n = traffic.replicas
+    if len(traffic.classes) > 4 or n > 64:
+        raise ValueError("sizing covers up to 4 classes and 64 replicas per budget")
     if n < len(traffic.classes):
         raise ValueError(
             f"gpuBudget {traffic.gpu_budget} gives {n} replicas, "
@@ -90,10 +101,12 @@ def recommend(traffic: Traffic, seconds: float = 60.0, seed: int = 1) -> Recomme
             curves[c.name][r] = simulate(_alone(traffic, c), [_layout(c, r)], seconds, seed)[c.name]
         return curves[c.name][r]
 
-    alloc = {c.name: 1 for c in traffic.classes}
-    for _ in range(n - len(traffic.classes)):
-        worst = max(traffic.classes, key=lambda c: result(c, alloc[c.name]).p95 / c.p95_seconds)
-        alloc[worst.name] += 1
+    def score(alloc: tuple[int, ...]) -> tuple[float, float]:
+        ratios = [result(c, r).p95 / c.p95_seconds for c, r in zip(traffic.classes, alloc, strict=True)]
+        return max(ratios), sum(ratios)
+
+    best = min(_compositions(n, len(traffic.classes)), key=score)
+    alloc = {c.name: r for c, r in zip(traffic.classes, best, strict=True)}
     pools = []
     for c in traffic.classes:
         res = result(c, alloc[c.name])
