@@ -9,7 +9,7 @@ and `tests/unit/test_validation.py` checks both sides name the same field and li
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -17,6 +17,8 @@ from pydantic.alias_generators import to_camel
 from tgipool.api import rules
 from tgipool.api.budget import GpuBudget
 from tgipool.api.checklist import ChecklistItem
+from tgipool.api.engine import Engine
+from tgipool.api.engine import EngineKind as EngineKind  # re-exported (routes.py)
 from tgipool.api.profiles import EffectiveLimits, default_slo_p95_ms, effective_limits
 from tgipool.api.routing import SPEC_RULES, Environment, Routing
 from tgipool.api.tiers import EffectiveActivation, effective_activation
@@ -26,24 +28,9 @@ VERSION = "v1alpha1"
 KIND = "ModelPool"
 PLURAL = "modelpools"
 
-Quantize = Literal[
-    "awq",
-    "compressed-tensors",
-    "eetq",
-    "exl2",
-    "gptq",
-    "marlin",
-    "bitsandbytes",
-    "bitsandbytes-nf4",
-    "bitsandbytes-fp4",
-    "fp8",
-]
-Dtype = Literal["float16", "bfloat16"]
-KvCacheDtype = Literal["fp8_e4m3fn", "fp8_e5m2"]
 Profile = Literal["short", "balanced", "long", "custom"]
 Tier = Literal["hot", "warm", "cold"]
 AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]
-EngineKind = Literal["tgi", "vllm", "sglang"]
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -89,83 +76,31 @@ class ModelSource(Spec):
     architecture: Architecture | None = Field(default=None, description="Shape, for the planner.")
 
 
-class LoraAdapter(Spec):
-    name: str = Field(min_length=1, max_length=128, description="Adapter name.")
-    id: str = Field(min_length=1, max_length=256, description="HF repo id, or an absolute path in the cache.")
-    revision: str | None = Field(default=None, max_length=128, description="Revision of a HF adapter.")
-
-
-class EnvVar(BaseModel):
-    """A container env var (Kubernetes EnvVar); valueFrom is passed through unchanged."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
-    name: str = Field(min_length=1, max_length=256)
-    value: str | None = None
-    value_from: dict[str, Any] | None = Field(default=None, alias="valueFrom")
-
-
-class Engine(Spec):
-    model_config = ConfigDict(
-        json_schema_extra={"x-kubernetes-validations": [rules.QUANTIZE_DTYPE_CEL]},
-    )
-    kind: EngineKind = Field(default="tgi", description="Inference server: tgi (default), vllm or sglang.")
-    image: str = Field(
-        default="ghcr.io/huggingface/text-generation-inference:3.3.6",
-        min_length=1,
-        max_length=512,
-        pattern=r"^[^\s]+(:[^\s:]+|@sha256:[a-f0-9]{64})$",
-        description="TGI image, pinned by tag or digest; ':latest' is refused.",
-        json_schema_extra={"x-kubernetes-validations": [rules.IMAGE_CEL]},
-    )
-    num_shard: int = Field(
-        default=1, ge=1, le=8, description="Tensor-parallel shards = GPUs per replica (1..8)."
-    )
-    quantize: Quantize | None = Field(default=None, description="TGI --quantize.")
-    dtype: Dtype | None = Field(default=None, description="TGI --dtype; exclusive with quantize.")
-    kv_cache_dtype: KvCacheDtype | None = Field(default=None, description="TGI --kv-cache-dtype.")
-    lora_adapters: list[LoraAdapter] = Field(
-        default_factory=list, max_length=32, description="Adapters TGI loads at start; a change rolls pods."
-    )
-    extra_args: list[Annotated[str, Field(max_length=512)]] = Field(
-        default_factory=list,
-        max_length=64,
-        description="Extra launcher flags; may not repeat a flag that has a typed field.",
-        json_schema_extra={"x-kubernetes-validations": [rules.EXTRA_ARGS_CEL]},
-    )
-    env: list[EnvVar] = Field(
-        default_factory=list,
-        max_length=64,
-        description="Extra environment; HF tokens only through model.hfTokenSecretRef.",
-        json_schema_extra={"x-kubernetes-validations": [rules.ENV_TOKEN_CEL]},
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> Engine:
-        if self.quantize and self.dtype and not self.quantize.startswith("bitsandbytes"):
-            raise ValueError(rules.QUANTIZE_DTYPE_CEL["message"])
-        if self.image.endswith(":latest"):
-            raise ValueError(rules.IMAGE_CEL["message"])
-        for arg in self.extra_args:
-            if rules.typed_flag_of(arg):
-                raise ValueError(f"{rules.EXTRA_ARGS_CEL['message']} (got {arg!r})")
-        for env in self.env:
-            if env.name in rules.TOKEN_ENV_NAMES and env.value is not None:
-                raise ValueError(rules.ENV_TOKEN_CEL["message"])
-        return self
-
-
 class Limits(Spec):
     max_input_tokens: int | None = Field(
-        default=None, ge=1, le=1_048_576, description="TGI --max-input-tokens."
+        default=None,
+        ge=1,
+        le=1_048_576,
+        description="TGI --max-input-tokens; on vLLM and SGLang the gateway enforces it.",
     )
     max_total_tokens: int | None = Field(
-        default=None, ge=2, le=1_048_576, description="TGI --max-total-tokens."
+        default=None,
+        ge=2,
+        le=1_048_576,
+        description="TGI --max-total-tokens, vLLM --max-model-len, SGLang --context-length.",
     )
     max_batch_prefill_tokens: int | None = Field(
-        default=None, ge=1, le=4_194_304, description="TGI --max-batch-prefill-tokens."
+        default=None,
+        ge=1,
+        le=4_194_304,
+        description="TGI --max-batch-prefill-tokens, vLLM --max-num-batched-tokens, SGLang "
+        "--max-prefill-tokens and --chunked-prefill-size.",
     )
     max_concurrent_requests: int | None = Field(
-        default=None, ge=1, le=65_536, description="TGI --max-concurrent-requests."
+        default=None,
+        ge=1,
+        le=65_536,
+        description="TGI --max-concurrent-requests, vLLM --max-num-seqs, SGLang --max-running-requests.",
     )
 
 

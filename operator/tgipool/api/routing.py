@@ -65,3 +65,8 @@ class Routing(_Spec):
         default=None, max_length=63, description="Pool to spill to on overload (same environment only)."
     )
     overload: Overload = Field(default_factory=Overload, description="What a saturated pool does.")
+    inference_pool: bool = Field(
+        default=False,
+        description="Also render a Gateway API inference extension InferencePool "
+        "(inference.networking.k8s.io/v1) selecting the pool's pods, for an external inference gateway.",
+    )

@@ -6,6 +6,7 @@ from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 from tgipool.desired import names
 from tgipool.desired.deployment import token_env
+from tgipool.desired.engines import render_of
 from tgipool.manifest import Manifest
 
 
@@ -31,17 +32,14 @@ def build_cache_pvc(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
 
 
 def _download(
-    name: str, image: str, repo: str, revision: str | None, env: list[Manifest], cfg: OperatorConfig
+    pool: ModelPool, name: str, repo: str, revision: str | None, env: list[Manifest], cfg: OperatorConfig
 ) -> Manifest:
-    # The image's entrypoint is the launcher; call TGI's own downloader, which also converts
-    # .bin to safetensors so that serving pods never need to write.
-    args = ["download-weights", repo]
-    if revision:
-        args += ["--revision", revision]
+    # The engine's own image downloads (engines.py), so the cache holds what that engine reads back.
+    command, args = render_of(pool).download(repo, revision)
     return {
         "name": name,
-        "image": image,
-        "command": ["text-generation-server"],
+        "image": pool.spec.engine.image,
+        "command": command,
         "args": args,
         "env": env,
         "resources": {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "16Gi"}},
@@ -53,18 +51,18 @@ def build_fetch_job(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
     spec = pool.spec
     env = [
         {"name": "HF_HOME", "value": cfg.cache_mount_path},
-        {"name": "HF_HUB_ENABLE_HF_TRANSFER", "value": "1"},
+        *({"name": k, "value": v} for k, v in render_of(pool).fetch_env),
         *token_env(pool),
     ]
     adapters = [a for a in spec.engine.lora_adapters if not a.id.startswith("/")]
     init = [
-        _download(f"adapter-{i}", spec.engine.image, a.id, a.revision, env, cfg)
+        _download(pool, f"adapter-{i}", a.id, a.revision, env, cfg)
         for i, a in enumerate(adapters)
     ]
     pod: Manifest = {
         "restartPolicy": "Never",
         "enableServiceLinks": False,
-        "containers": [_download("model", spec.engine.image, spec.model.id, spec.model.revision, env, cfg)],
+        "containers": [_download(pool, "model", spec.model.id, spec.model.revision, env, cfg)],
         "volumes": [{"name": "weights", "persistentVolumeClaim": {"claimName": names.cache_name(pool)}}],
     }
     if init:

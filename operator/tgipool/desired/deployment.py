@@ -1,11 +1,11 @@
-"""The TGI Deployment of a pool."""
+"""The Deployment of a pool: its engine's container (desired/engines.py) in a GPU pod."""
 
 from __future__ import annotations
 
 from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 from tgipool.desired import names
-from tgipool.desired.tgi_args import tgi_args
+from tgipool.desired.engines import container_port, render_of
 from tgipool.manifest import Manifest
 from tgipool.planner import plan
 
@@ -28,28 +28,35 @@ def user_env(pool: ModelPool) -> list[Manifest]:
 
 
 def _container(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
+    engine = render_of(pool)
+    port = container_port(pool, cfg)
     gpus = str(pool.spec.engine.num_shard)
     gpu_resource = pool.spec.gpu.resource
     user = pool.spec.pod_template.resources or {}
     requests = {**user.get("requests", {}), gpu_resource: gpus}
     limits = {**user.get("limits", {}), gpu_resource: gpus}
-    health = {"httpGet": {"path": "/health", "port": "http"}}
+    startup: Manifest = {"httpGet": {"path": engine.startup_path, "port": "http"}}
+    # One object when the paths agree: the golden YAML of TGI pools shares it (an anchor), as before.
+    ready = startup if engine.readiness_path == engine.startup_path else {
+        "httpGet": {"path": engine.readiness_path, "port": "http"}
+    }
+    container: Manifest = {"name": engine.container, "image": pool.spec.engine.image}
+    if engine.command is not None:
+        container["command"] = list(engine.command)
     return {
-        "name": "tgi",
-        "image": pool.spec.engine.image,
-        "args": tgi_args(pool, cfg),
+        **container,
+        "args": engine.args(pool, cfg),
         "env": [
             {"name": "HF_HOME", "value": cfg.cache_mount_path},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
-            {"name": "NUM_SHARD", "value": gpus},
-            {"name": "USAGE_STATS", "value": "off"},
+            *engine.env(pool),
             *token_env(pool),
             *user_env(pool),
         ],
-        "ports": [{"name": "http", "containerPort": cfg.container_port, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "resources": {"requests": requests, "limits": limits},
-        "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": cfg.startup_probe_failures},
-        "readinessProbe": {**health, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+        "startupProbe": {**startup, "periodSeconds": 10, "failureThreshold": cfg.startup_probe_failures},
+        "readinessProbe": {**ready, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
         "volumeMounts": [
             {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108  NCCL shared memory
             {"name": "weights", "mountPath": cfg.cache_mount_path, "readOnly": True},
@@ -97,7 +104,7 @@ def _pod_annotations(pool: ModelPool, cfg: OperatorConfig) -> dict[str, str]:
     out = {
         **pool.spec.pod_template.annotations,
         "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(cfg.container_port),
+        "prometheus.io/port": str(container_port(pool, cfg)),
         "prometheus.io/path": "/metrics",
     }
     weights = plan(pool).weights_bytes_total  # None when the architecture is unknown
@@ -110,7 +117,7 @@ def build_deployment(pool: ModelPool, cfg: OperatorConfig, awake: bool = True) -
     tpl = pool.spec.pod_template
     spec: Manifest = {
         "revisionHistoryLimit": 3,
-        # TGI can spend many minutes downloading, converting and warming up.
+        # An engine can spend many minutes loading, compiling and warming up.
         "progressDeadlineSeconds": 3600,
         "selector": {"matchLabels": names.selector_labels(pool)},
         # Never drop below the serving floor during a roll; the surge pod needs spare GPUs.

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from tgipool.api.modelpool import GROUP, KIND, VERSION, ModelPool
+from tgipool.desired.engines import ENGINE_RENDER
 from tgipool.manifest import Manifest
 
 POOL_LABEL = f"{GROUP}/pool"
@@ -48,7 +49,7 @@ def selector_labels(pool: ModelPool, component: str = SERVER) -> dict[str, str]:
 
 def labels(pool: ModelPool, component: str = SERVER) -> dict[str, str]:
     out = {
-        "app.kubernetes.io/name": "text-generation-inference",
+        "app.kubernetes.io/name": ENGINE_RENDER[pool.spec.engine.kind].app_name,
         "app.kubernetes.io/instance": pool.name,
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/part-of": "tgipool",
