@@ -14,8 +14,9 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from tgipool.api.engine import EngineKind
 from tgipool.api.modelgateway import ModelGateway, RoutePool
-from tgipool.api.modelpool import EngineKind, ModelPool
+from tgipool.api.modelpool import ModelPool
 from tgipool.api.routing import Environment, OverloadPolicy
 from tgipool.desired import names
 from tgipool.desired.demand import demand_lease_name

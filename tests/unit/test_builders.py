@@ -38,7 +38,9 @@ def test_children_match_golden(name: str) -> None:
 
 def test_every_example_has_all_children() -> None:
     for name in EXAMPLE_NAMES:
-        kinds = [m["kind"] for m in build_children(pool_of(load_example(name)), DEFAULT_CONFIG).all()]
+        pool = pool_of(load_example(name))
+        kinds = [m["kind"] for m in build_children(pool, DEFAULT_CONFIG).all()]
+        optional = ["InferencePool"] if pool.spec.routing.inference_pool else []
         assert kinds == [
             "Service",
             "PersistentVolumeClaim",
@@ -46,6 +48,7 @@ def test_every_example_has_all_children() -> None:
             "Deployment",
             "HorizontalPodAutoscaler",
             "PodDisruptionBudget",
+            *optional,
         ], name
 
 

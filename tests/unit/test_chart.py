@@ -54,6 +54,8 @@ EXPECTED_RULES = {
     ("batch", "jobs"): {"list", "watch", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"list", "watch", "create", "patch", "delete"},
     ("coordination.k8s.io", "leases"): {"list", "watch", "create", "patch", "delete"},
+    # spec.routing.inferencePool: true; pruned when turned off.
+    ("inference.networking.k8s.io", "inferencepools"): {"list", "watch", "create", "patch", "delete"},
     ("", "serviceaccounts"): {"get", "create", "patch"},
     ("rbac.authorization.k8s.io", "roles"): {"get", "create", "patch"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "patch"},

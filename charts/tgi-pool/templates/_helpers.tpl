@@ -75,7 +75,8 @@ wildcard, no escalate/bind/impersonate.
 - modelpools, modelgateways: kopf lists and watches them and patches its annotations and finalizer
   onto them; the operator patches their status subresource. `get`: the gateway's Role grants get on
   both, and RBAC only lets the operator grant what it holds itself.
-- pool children (Service, PVC, weight-fetch Job, Deployment, HPA, PDB): read through watches (list,
+- pool children (Service, PVC, weight-fetch Job, Deployment, HPA, PDB, demand Lease, InferencePool):
+  read through watches (list,
   watch), written with server-side apply (patch; an apply that creates also needs create);
   superseded fetch Jobs are deleted.
 - gateway children (ServiceAccount, Role, RoleBinding, Deployment, Service, HPA): read one by one
@@ -120,6 +121,9 @@ wildcard, no escalate/bind/impersonate.
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [serviceaccounts]

@@ -146,7 +146,11 @@ def typed_flag_of(kind: EngineKind, arg: str) -> str | None:
 
 def _is(kind: EngineKind) -> str:
     """CEL: the engine object is of `kind` (kind defaults to tgi)."""
-    return "(!has(self.kind) || self.kind == 'tgi')" if kind == "tgi" else f"(has(self.kind) && self.kind == '{kind}')"
+    return (
+        "(!has(self.kind) || self.kind == 'tgi')"
+        if kind == "tgi"
+        else f"(has(self.kind) && self.kind == '{kind}')"
+    )
 
 
 def _quantize_rule(kind: EngineKind) -> rules.Rule:
@@ -178,7 +182,8 @@ def _extra_args_rule(kind: EngineKind) -> rules.Rule:
     }
 
 
-QUANTIZE_RULES = {k: _quantize_rule(k) for k in ENGINE_KINDS if k != "tgi"}
+# TGI honours every value (its rule would be always true, and is left out of the CRD).
+QUANTIZE_RULES: dict[EngineKind, rules.Rule] = {k: _quantize_rule(k) for k in ENGINE_KINDS}
 EXTRA_ARGS_RULES = {k: _extra_args_rule(k) for k in ENGINE_KINDS}
 _NO_MEMORY_FLAG = [k for k in ENGINE_KINDS if ENGINES[k].memory_flag is None]
 MEMORY_FRACTION_CEL: rules.Rule = {
@@ -211,7 +216,7 @@ TGI_IMAGE_ON_OTHER_CEL: rules.Rule = {
 }
 ENGINE_RULES: list[rules.Rule] = [
     rules.QUANTIZE_DTYPE_CEL,
-    *QUANTIZE_RULES.values(),
+    *(r for k, r in QUANTIZE_RULES.items() if ENGINES[k].quantize != _ALL_QUANTIZE),
     *EXTRA_ARGS_RULES.values(),
     MEMORY_FRACTION_CEL,
     LORA_REVISION_CEL,
@@ -249,7 +254,7 @@ class Engine(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
-        json_schema_extra={"x-kubernetes-validations": ENGINE_RULES},
+        json_schema_extra={"x-kubernetes-validations": [*ENGINE_RULES]},
     )
     kind: EngineKind = Field(default="tgi", description="Inference server: tgi (default), vllm or sglang.")
     image: str = Field(
@@ -340,4 +345,6 @@ class Engine(BaseModel):
     @property
     def effective_memory_fraction(self) -> float | None:
         """What the engine's memory flag is rendered with (None: the flag is not rendered)."""
-        return self.memory_fraction if self.memory_fraction is not None else self.facts.default_memory_fraction
+        return (
+            self.memory_fraction if self.memory_fraction is not None else self.facts.default_memory_fraction
+        )

@@ -18,7 +18,6 @@ from tgipool.api import rules
 from tgipool.api.budget import GpuBudget
 from tgipool.api.checklist import ChecklistItem
 from tgipool.api.engine import Engine
-from tgipool.api.engine import EngineKind as EngineKind  # re-exported (routes.py)
 from tgipool.api.profiles import EffectiveLimits, default_slo_p95_ms, effective_limits
 from tgipool.api.routing import SPEC_RULES, Environment, Routing
 from tgipool.api.tiers import EffectiveActivation, effective_activation
@@ -308,7 +307,14 @@ class ModelPool(BaseModel):
 
 
 ConditionType = Literal[
-    "Ready", "Progressing", "Degraded", "CapacityFeasible", "WeightsCached", "SLOMet", "ProductionReady"
+    "Ready",
+    "Progressing",
+    "Degraded",
+    "CapacityFeasible",
+    "WeightsCached",
+    "SLOMet",
+    "ProductionReady",
+    "InferencePool",
 ]
 
 

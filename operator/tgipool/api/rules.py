@@ -13,7 +13,8 @@ Rule = dict[str, Any]
 FETCH_SUFFIX_LEN = len("-fetch-") + 8
 MAX_POOL_NAME = 63 - FETCH_SUFFIX_LEN
 
-# TGI launcher flags the typed spec already sets (other engines: api/engine.py); repeating them in extraArgs would make two sources of truth.
+# TGI launcher flags the typed spec already sets (other engines: api/engine.py); repeating them in
+# extraArgs would make two sources of truth.
 TYPED_FLAGS = (
     "model-id",
     "revision",
@@ -99,7 +100,10 @@ QUANTIZE_DTYPE_CEL: Rule = {
 }
 IMAGE_CEL: Rule = {
     "rule": "!self.endsWith(':latest')",
-    "message": "spec.engine.image must pin a version: ':latest' is built from the engine's main branch, not a release",
+    "message": (
+        "spec.engine.image must pin a version: ':latest' is built from the engine's main branch, not a "
+        "release"
+    ),
 }
 # TGI's; api/engine.py turns it into one CEL rule per engine (each with that engine's typed flags).
 EXTRA_ARGS_CEL: Rule = {

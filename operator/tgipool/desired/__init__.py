@@ -10,6 +10,7 @@ from tgipool.desired.autoscaling import build_hpa, build_pdb
 from tgipool.desired.cache import build_cache_pvc, build_fetch_job, needs_fetch
 from tgipool.desired.demand import build_demand_lease
 from tgipool.desired.deployment import build_deployment
+from tgipool.desired.inference_pool import build_inference_pool
 from tgipool.desired.service import build_service
 from tgipool.manifest import Manifest
 
@@ -25,9 +26,19 @@ class Children:
     hpa: Manifest | None = None
     pdb: Manifest | None = None
     demand: Manifest | None = None
+    inference_pool: Manifest | None = None  # spec.routing.inferencePool; its CRD may be absent
 
     def all(self) -> list[Manifest]:
-        items = (self.demand, self.service, self.cache, self.fetch_job, self.deployment, self.hpa, self.pdb)
+        items = (
+            self.demand,
+            self.service,
+            self.cache,
+            self.fetch_job,
+            self.deployment,
+            self.hpa,
+            self.pdb,
+            self.inference_pool,
+        )
         return [m for m in items if m is not None]
 
 
@@ -53,4 +64,5 @@ def build_children(
         hpa=build_hpa(pool, cfg, hpa_max) if awake else None,
         pdb=build_pdb(pool, cfg),
         demand=demand,
+        inference_pool=build_inference_pool(pool, cfg),
     )

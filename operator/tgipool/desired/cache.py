@@ -55,10 +55,7 @@ def build_fetch_job(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
         *token_env(pool),
     ]
     adapters = [a for a in spec.engine.lora_adapters if not a.id.startswith("/")]
-    init = [
-        _download(pool, f"adapter-{i}", a.id, a.revision, env, cfg)
-        for i, a in enumerate(adapters)
-    ]
+    init = [_download(pool, f"adapter-{i}", a.id, a.revision, env, cfg) for i, a in enumerate(adapters)]
     pod: Manifest = {
         "restartPolicy": "Never",
         "enableServiceLinks": False,

@@ -37,9 +37,11 @@ def _container(pool: ModelPool, cfg: OperatorConfig) -> Manifest:
     limits = {**user.get("limits", {}), gpu_resource: gpus}
     startup: Manifest = {"httpGet": {"path": engine.startup_path, "port": "http"}}
     # One object when the paths agree: the golden YAML of TGI pools shares it (an anchor), as before.
-    ready = startup if engine.readiness_path == engine.startup_path else {
-        "httpGet": {"path": engine.readiness_path, "port": "http"}
-    }
+    ready = (
+        startup
+        if engine.readiness_path == engine.startup_path
+        else {"httpGet": {"path": engine.readiness_path, "port": "http"}}
+    )
     container: Manifest = {"name": engine.container, "image": pool.spec.engine.image}
     if engine.command is not None:
         container["command"] = list(engine.command)

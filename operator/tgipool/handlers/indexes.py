@@ -36,6 +36,8 @@ CHILD_KINDS = [
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
     # Warm and cold pools' demand: a gateway's renewal wakes the pool at once.
     ("coordination.k8s.io", "v1", "leases", "Lease"),
+    # spec.routing.inferencePool: kopf skips the watch while the CRD is absent (reconcile.py says so).
+    ("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool"),
 ]
 
 

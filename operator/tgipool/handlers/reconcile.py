@@ -21,9 +21,10 @@ from tgipool.desired.demand import demand_lease_name
 from tgipool.handlers.indexes import Snapshot
 from tgipool.handlers.writer import Outcome, Writer, event_target, normal_event, report
 from tgipool.k8s import errors
+from tgipool.manifest import Manifest
 from tgipool.monitoring.readings import Reading
 from tgipool.planner import assess
-from tgipool.status import compute_status, gate, invalid_status, now_rfc3339
+from tgipool.status import Verdict, compute_status, gate, invalid_status, now_rfc3339, set_condition
 
 
 async def reconcile(
@@ -79,6 +80,7 @@ async def _reconcile(
     if gating.deploy or snap.get("Deployment", pool.name) is not None:
         plan += [children.hpa, children.pdb]
     await writer.apply(filter(None, plan), snap.get, out)
+    inference_pool = await _apply_optional(children.inference_pool, snap, writer, out)
     deployment = snap.get("Deployment", pool.name)
     if awake and gating.deploy and deployment is not None and deployment["spec"].get("replicas") == 0:
         await writer.wake(deployment, out)
@@ -92,7 +94,7 @@ async def _reconcile(
 
     refused = errors.refused(out.errors[0]) if out.errors else None
     old_status = current.get("status") or {}
-    woke = None
+    woke, now = None, now_rfc3339()
     if pool.activation is not None:
         woke = last_activation(demand, snap.pods, job, old_status.get("lastActivation"))
     new = compute_status(
@@ -101,13 +103,16 @@ async def _reconcile(
         gating,
         cfg,
         previous,
-        now_rfc3339(),
+        now,
         refused,
         reading,
         old_status.get("metrics"),
         woke,
         Facts(routed_by=snap.routed_by, previous=old_status.get("checklist") or ()),
     )
+    if inference_pool is not None:
+        cond = set_condition(previous, INFERENCE_POOL, inference_pool, pool.metadata.generation, now)
+        new = new.model_copy(update={"conditions": [*new.conditions, cond]})
     await writer.write_status(raw, new, out)
     if out.status_written:
         _tier_events(raw, old_status.get("phase"), new, pool.activation is not None)
@@ -116,6 +121,36 @@ async def _reconcile(
         kopf.warn(event_target(raw), reason=gating.capacity.reason, message=gating.capacity.message)
     report(raw, out, logger)
     return out
+
+
+INFERENCE_POOL = "InferencePool"
+
+
+async def _apply_optional(
+    child: Manifest | None, snap: Snapshot, writer: Writer, out: Outcome
+) -> Verdict | None:
+    """Applies a child of an optional kind (today the InferencePool); None when the spec asks for none.
+
+    A 404 to a server-side apply means the API server has no such resource: its CRD is not installed.
+    That is no refused write: the pool serves as before and the condition says what is missing.
+    """
+    if child is None:
+        return None
+    trial = Outcome()
+    await writer.apply([child], snap.get, trial)
+    out.applied += trial.applied
+    out.errors += [e for e in trial.errors if e.status != 404]
+    group_version, kind = child["apiVersion"], child["kind"]
+    if any(e.status == 404 for e in trial.errors):
+        return Verdict(
+            "False",
+            "CRDNotInstalled",
+            f"{kind} ({group_version}) is not served by this cluster: install the Gateway API inference "
+            f"extension's CRDs; the pool serves without it",
+        )
+    if trial.errors:
+        return Verdict("False", "ApplyRefused", str(trial.errors[0]))
+    return Verdict("True", "Applied", f"{kind} {child['metadata']['name']} selects the pool's pods")
 
 
 def _tier_events(raw: Mapping[str, Any], before: str | None, new: ModelPoolStatus, rests: bool) -> None:

@@ -34,6 +34,7 @@ PLURALS = {
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("coordination.k8s.io/v1", "Lease"): "leases",
+    ("inference.networking.k8s.io/v1", "InferencePool"): "inferencepools",
     # Read only, by `tgipool doctor`.
     ("v1", "Event"): "events",
     ("v1", "Node"): "nodes",

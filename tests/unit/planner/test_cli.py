@@ -56,7 +56,7 @@ def test_table_and_folder(capsys: pytest.CaptureFixture[str]) -> None:
     assert "KV bytes/token  131,072" in out
     assert "cost/1M tokens  0.2767" in out
     pools = [f for f in EXAMPLES.glob("*.yaml") if "kind: ModelPool" in f.read_text()]
-    assert out.count("CapacityFeasible=") == len(pools) == 4
+    assert out.count("CapacityFeasible=") == len(pools) == 6
 
 
 def test_config_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
