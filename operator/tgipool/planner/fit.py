@@ -39,6 +39,8 @@ def fit(
     wiggle_room: float,
     max_total_tokens: int,
     max_batch_prefill_tokens: int,
+    overhead_gib: float = memory.RUNTIME_OVERHEAD_GIB,
+    block_tokens: int | None = None,
 ) -> Fit:
     """Memory of one GPU: weights, KV budget, KV tokens and whole `max_total_tokens` sequences."""
     assert arch.head_dim is not None
@@ -46,13 +48,13 @@ def fit(
         arch, memory.kv_element_bytes(kv_cache_dtype, dtype), memory.kv_heads_per_gpu(arch, num_shard)
     )
     weights = memory.weights_bytes_per_gpu(arch, quantize, dtype, num_shard)
-    budget = memory.kv_budget_bytes(memory_gib, weights, fraction, wiggle_room)
-    block = memory.block_size(arch.head_dim)
+    budget = memory.kv_budget_bytes(memory_gib, weights, fraction, wiggle_room, overhead_gib)
+    block = memory.block_size(arch.head_dim, block_tokens)
     blocks = budget // (kv_gpu * block)
     kv_tokens = blocks * block
     per_seq_blocks = memory.tokens_in_blocks(max_total_tokens, block) // block
     sequences = blocks // per_seq_blocks
-    weights_fit = weights + memory.overhead_bytes() <= memory.usable_bytes(memory_gib, fraction)
+    weights_fit = weights + memory.overhead_bytes(overhead_gib) <= memory.usable_bytes(memory_gib, fraction)
     return Fit(
         kv_bytes_per_token_per_gpu=kv_gpu,
         weights_bytes_per_gpu=weights,

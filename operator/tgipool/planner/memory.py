@@ -21,12 +21,22 @@ Assumptions, each a named constant:
   KV blocks = free x TGI_WIGGLE_ROOM (0.90) / block bytes. "used" is the weights plus a runtime
   overhead that this planner takes as RUNTIME_OVERHEAD_GIB per GPU (CUDA context, cuBLAS/NCCL
   workspaces, CUDA graphs, warm-up activations).
+* vLLM (`gpu_memory_utilization`, rendered as --gpu-memory-utilization, default 0.9): the engine may
+  use total x fraction; its profiling run subtracts the weights and the peak of activations, CUDA graphs
+  and non-torch memory (RUNTIME_OVERHEAD_GIB here) and gives the rest to the KV cache, whole, in
+  blocks of 16 tokens.
+* SGLang (`mem_fraction_static`, rendered as --mem-fraction-static, default 0.85): total x fraction
+  holds the weights and the KV pool; activations and CUDA graphs live in the remaining 1 - fraction.
+  What it measures as free after loading already lacks the CUDA context and NCCL buffers
+  (SGLANG_CONTEXT_GIB), so KV = total x fraction - weights - context, in pages of 1 token.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+from tgipool.api.engine import EngineKind
 from tgipool.planner.architecture import ModelArchitecture
 
 GIB = 1 << 30
@@ -35,7 +45,36 @@ KV_DTYPE_BYTES = {"fp8_e4m3fn": 1, "fp8_e5m2": 1}
 DEFAULT_CUDA_MEMORY_FRACTION = 1.0
 DEFAULT_WIGGLE_ROOM = 0.90
 RUNTIME_OVERHEAD_GIB = 2.0
+SGLANG_CONTEXT_GIB = 1.0
+VLLM_BLOCK_TOKENS = 16
+SGLANG_PAGE_TOKENS = 1
 MAX_SHARDS = 8
+
+
+@dataclass(frozen=True)
+class EngineMemory:
+    """How one engine splits a GPU: see the module docstring."""
+
+    fraction_flag: str | None  # the extraArgs flag of the fraction when it is not a typed field
+    fraction_env: str | None
+    wiggle_env: str | None  # None: the KV budget is taken whole
+    default_wiggle: float
+    overhead_gib: float  # inside the fraction, besides the weights
+    block_tokens: int | None  # None: by head_dim (TGI's rule)
+
+
+ENGINE_MEMORY: dict[EngineKind, EngineMemory] = {
+    "tgi": EngineMemory(
+        "--cuda-memory-fraction",
+        "CUDA_MEMORY_FRACTION",
+        "TGI_WIGGLE_ROOM",
+        DEFAULT_WIGGLE_ROOM,
+        RUNTIME_OVERHEAD_GIB,
+        None,
+    ),
+    "vllm": EngineMemory(None, None, None, 1.0, RUNTIME_OVERHEAD_GIB, VLLM_BLOCK_TOKENS),
+    "sglang": EngineMemory(None, None, None, 1.0, SGLANG_CONTEXT_GIB, SGLANG_PAGE_TOKENS),
+}
 
 INT4_GROUP_SIZE = 128
 INT_FORMATS = ("awq", "gptq", "marlin", "exl2", "compressed-tensors")
@@ -120,8 +159,8 @@ def usable_bytes(memory_gib: float, fraction: float = DEFAULT_CUDA_MEMORY_FRACTI
     return int(gpu_bytes(memory_gib) * fraction)
 
 
-def overhead_bytes() -> int:
-    return int(RUNTIME_OVERHEAD_GIB * GIB)
+def overhead_bytes(gib: float = RUNTIME_OVERHEAD_GIB) -> int:
+    return int(gib * GIB)
 
 
 def kv_budget_bytes(
@@ -129,14 +168,18 @@ def kv_budget_bytes(
     weights_per_gpu: int,
     fraction: float = DEFAULT_CUDA_MEMORY_FRACTION,
     wiggle_room: float = DEFAULT_WIGGLE_ROOM,
+    overhead_gib: float = RUNTIME_OVERHEAD_GIB,
 ) -> int:
     """KV cache bytes per GPU: (usable - weights - overhead) x wiggle room, never negative."""
-    free = usable_bytes(memory_gib, fraction) - weights_per_gpu - overhead_bytes()
+    free = usable_bytes(memory_gib, fraction) - weights_per_gpu - overhead_bytes(overhead_gib)
     return max(0, math.floor(free * wiggle_room))
 
 
-def block_size(head_dim: int) -> int:
-    """Tokens per KV block: 1 with flashinfer (TGI's default for head_dim 64/128/256), else 256."""
+def block_size(head_dim: int, engine_block: int | None = None) -> int:
+    """Tokens per KV block: the engine's own; TGI's is 1 with flashinfer (its default for head_dim
+    64/128/256), else 256."""
+    if engine_block is not None:
+        return engine_block
     return 1 if head_dim in (64, 128, 256) else 256
 
 

@@ -29,12 +29,16 @@ class Plan:
     num_shard: int
     memory_gib: float | None
     hourly_price: float | None
-    cuda_memory_fraction: float
+    cuda_memory_fraction: float  # the engine's share of each GPU (TGI --cuda-memory-fraction, vLLM
+    # --gpu-memory-utilization, SGLang --mem-fraction-static)
     wiggle_room: float
     max_input_tokens: int
     max_total_tokens: int
     max_batch_prefill_tokens: int
     max_concurrent_requests: int
+    engine: str = "tgi"
+    overhead_gib: float = memory.RUNTIME_OVERHEAD_GIB
+    block_tokens: int | None = None  # None: TGI's rule by head_dim
     kv_bytes_per_token: int | None = None  # whole replica (all shards)
     weights_bytes_total: int | None = None
     fit: Fit | None = None
@@ -84,6 +88,8 @@ def fit_for(p: Plan, shards: int, quantize: str | None, kv_cache_dtype: str | No
         wiggle_room=p.wiggle_room,
         max_total_tokens=p.max_total_tokens,
         max_batch_prefill_tokens=p.max_batch_prefill_tokens,
+        overhead_gib=p.overhead_gib,
+        block_tokens=p.block_tokens,
     )
 
 
@@ -101,10 +107,20 @@ def plan(pool: ModelPool, config: Mapping[str, Any] | None = None) -> Plan:
             notes.append(f"quantize {quantize} taken from config.json quantization_config, as TGI does")
         else:
             notes.append(f"config.json quant_method {arch.quant_method!r} not modelled: weights at 16-bit")
-    fraction, warn1 = _float_setting(
-        pool, "--cuda-memory-fraction", "CUDA_MEMORY_FRACTION", memory.DEFAULT_CUDA_MEMORY_FRACTION
+    mem = memory.ENGINE_MEMORY[spec.engine.kind]
+    typed = spec.engine.effective_memory_fraction  # rendered on the engines that type it
+    fraction, warn1 = (
+        (typed, None)
+        if typed is not None
+        else _float_setting(
+            pool, mem.fraction_flag, mem.fraction_env or "", memory.DEFAULT_CUDA_MEMORY_FRACTION
+        )
     )
-    wiggle, warn2 = _float_setting(pool, None, "TGI_WIGGLE_ROOM", memory.DEFAULT_WIGGLE_ROOM)
+    wiggle, warn2 = (
+        _float_setting(pool, None, mem.wiggle_env, mem.default_wiggle)
+        if mem.wiggle_env
+        else (mem.default_wiggle, None)
+    )
     notes += [w for w in (warn1, warn2) if w]
     limits = pool.limits
     shards = spec.engine.num_shard
@@ -121,6 +137,9 @@ def plan(pool: ModelPool, config: Mapping[str, Any] | None = None) -> Plan:
         hourly_price=spec.gpu.hourly_price,
         cuda_memory_fraction=fraction,
         wiggle_room=wiggle,
+        engine=spec.engine.kind,
+        overhead_gib=mem.overhead_gib,
+        block_tokens=mem.block_tokens,
         max_input_tokens=limits.max_input_tokens,
         max_total_tokens=limits.max_total_tokens,
         max_batch_prefill_tokens=limits.max_batch_prefill_tokens,

@@ -128,7 +128,7 @@ def assess(pool: ModelPool, config: Mapping[str, Any] | None = None) -> Assessme
             "False",
             "WeightsDoNotFit",
             f"weights need {_gib(f.weights_bytes_per_gpu)} per GPU (numShard {p.num_shard}, "
-            f"{p.quantize or p.dtype or 'bfloat16'}) plus {memory.RUNTIME_OVERHEAD_GIB:g} GiB runtime "
+            f"{p.quantize or p.dtype or 'bfloat16'}) plus {p.overhead_gib:g} GiB runtime "
             f"overhead, over the {_gib(usable)} usable of {p.memory_gib:g} GiB; {_would_fit(p)}",
         )
     if not f.sequence_fits:
