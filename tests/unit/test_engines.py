@@ -7,17 +7,19 @@ import copy
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from tgipool.api import engine as engines
 from tgipool.api.crd import modelpool_crd
+from tgipool.api.modelgateway import ModelGateway
 from tgipool.api.modelpool import ModelPool
 from tgipool.api.parse import describe_validation_error
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import build_children
 from tgipool.desired.engines import ENGINE_RENDER
 
-from .conftest import load_example
+from .conftest import EXAMPLES, load_example
 
 
 def pool_with(kind: str, **engine: Any) -> dict[str, Any]:
@@ -265,3 +267,16 @@ def test_a_cold_pool_at_rest_has_no_inference_pool() -> None:
     doc = pool_with("sglang")
     doc["spec"].update(tier="cold", replicas={"min": 0, "max": 1}, routing={"inferencePool": True})
     assert build_children(ModelPool.model_validate(doc), DEFAULT_CONFIG).inference_pool is None
+
+
+def test_migration_example_is_two_pools_of_one_served_name_behind_one_gateway() -> None:
+    folder = EXAMPLES / "migrate-to-vllm"
+    docs = [yaml.safe_load((folder / f"{n}.yaml").read_text()) for n in ("tgi-pool", "vllm-pool", "gateway")]
+    tgi, vllm = (ModelPool.model_validate(d) for d in docs[:2])
+    gw = ModelGateway.model_validate(docs[2])
+    assert (tgi.spec.engine.kind, vllm.spec.engine.kind) == ("tgi", "vllm")
+    assert tgi.served_name == vllm.served_name and tgi.limits == vllm.limits
+    assert tgi.spec.routing.priority > vllm.spec.routing.priority  # step 1: TGI takes new requests
+    assert (tgi.spec.routing.fallback_pool, vllm.spec.routing.fallback_pool) == (vllm.name, tgi.name)
+    selector = gw.spec.pool_selector.match_labels
+    assert all(p.metadata.labels.items() >= selector.items() for p in (tgi, vllm))
