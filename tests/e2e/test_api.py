@@ -140,7 +140,9 @@ def test_defaults_are_filled_by_the_api_server(crds: None, ns: str) -> None:
     apply(yaml.safe_dump(doc))
     spec = yaml.safe_load(kubectl("get", "mp", "minimal", "-n", ns, "-o", "yaml"))["spec"]
     assert spec["engine"]["numShard"] == 1
-    assert spec["engine"]["image"].endswith(":3.3.6")
+    # The image's default follows spec.engine.kind: the models fill it, the API server must not (it would
+    # store TGI's image in a pool that later switches to vLLM).
+    assert spec["engine"]["kind"] == "tgi" and "image" not in spec["engine"]
     assert spec["profile"] == "balanced" and spec["tier"] == "hot"
     assert spec["replicas"]["min"] == 1 and spec["model"]["revision"] == "main"
     kubectl("delete", "mp", "minimal", "-n", ns)
