@@ -77,6 +77,8 @@ def _row(a: Assessment, args: argparse.Namespace) -> dict[str, Any]:
         "numKeyValueHeads": p.architecture.num_key_value_heads,
         "headDim": p.architecture.head_dim,
         "parameters": p.architecture.parameters,
+        "engine": p.engine,
+        "memoryFraction": p.cuda_memory_fraction,
         "quantize": p.quantize,
         "kvCacheDtype": p.kv_cache_dtype,
         "gpusPerReplica": p.gpus,
@@ -129,6 +131,7 @@ def _table(row: dict[str, Any]) -> str:
     )
     lines = [
         ("model", f"{row['model']} ({arch})"),
+        ("engine", f"{row['engine']}, {row['memoryFraction']:g} of each GPU's memory"),
         ("weights", f"{row['quantize'] or '16-bit'}, {row['gpusPerReplica']} GPU(s) per replica"),
         ("KV cache dtype", row["kvCacheDtype"] or "model dtype (2 bytes)"),
         ("KV bytes/token", f"{_num(row['kvBytesPerToken'])} (per GPU {_num(row['kvBytesPerTokenPerGpu'])})"),
