@@ -94,8 +94,9 @@ def test_engine_pool_children(
     ):
         assert flag in c["args"], (flag, c["args"])
     assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
-    assert c["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    assert c["readinessProbe"]["httpGet"] == {"path": ready_path, "port": "http"}
+    probe = lambda name: {k: c[name]["httpGet"][k] for k in ("path", "port")}  # noqa: E731  (+ scheme)
+    assert probe("startupProbe") == {"path": "/health", "port": "http"}
+    assert probe("readinessProbe") == {"path": ready_path, "port": "http"}
     dep = get("deployment", kind, ns)
     assert dep is not None
     labels = dep["spec"]["template"]["metadata"]["labels"]
