@@ -91,6 +91,13 @@ async def _reconcile(
     for (kind, name), child in snap.children.items():
         if (kind, name) not in wanted and not child["metadata"].get("deletionTimestamp"):
             await writer.delete(child, out)
+    # An InferencePool we wrote after its CRD appeared mid-run: kopf may not watch that kind yet, so the
+    # index lacks it; the writer's own answer still names it.
+    ns = pool.namespace
+    if children.inference_pool is None and snap.get("InferencePool", pool.name) is None:
+        written = writer.current("InferencePool", ns, pool.name, None)
+        if written is not None:
+            await writer.delete(written, out)
 
     refused = errors.refused(out.errors[0]) if out.errors else None
     old_status = current.get("status") or {}
