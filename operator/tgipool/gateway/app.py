@@ -49,7 +49,7 @@ from tgipool.gateway import proxy
 from tgipool.gateway.config import GatewayConfig
 from tgipool.gateway.dispatch import dispatch
 from tgipool.gateway.errors import Rejection, bad_request, error_response, render, unauthorized
-from tgipool.gateway.http_server import GatewayRunner
+from tgipool.gateway.http_server import GatewayRunner, arrival
 from tgipool.gateway.overload import add_headers
 from tgipool.gateway.parsing import OPENAI_ROUTES, TGI_ROUTES, adapter_body, environment, parse_request
 from tgipool.gateway.state import Gateway
@@ -111,7 +111,7 @@ class Handlers:
         return raw, data
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        t0 = time.perf_counter()
+        t0 = arrival(request)
         gw = self.gw
         route = request.path
         try:

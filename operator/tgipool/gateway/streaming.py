@@ -85,9 +85,11 @@ async def relay(
     t0: float,
     held: web.StreamResponse | None = None,
     stalled: bool = False,
-) -> web.StreamResponse:
-    """Relay `upstream` (whose first bytes are `first`; `stalled`: none came in time) to the client."""
+) -> tuple[web.StreamResponse, float]:
+    """Relay `upstream` (whose first bytes are `first`; `stalled`: none came in time) to the client;
+    the answer and when the upstream's last byte came (`perf_counter`)."""
     cfg = gw.config
+    last = time.perf_counter()
     idle, client = cfg.stream_idle_timeout_seconds, cfg.client_timeout_seconds
     resp = held
     if resp is None:
@@ -100,10 +102,13 @@ async def relay(
         if first:
             await _send(resp, first, client)
             gw.child(gw.metrics.ttft, pool).observe(time.perf_counter() - t0)
+        content = upstream.content
         try:
-            while not stalled:
+            # Each read takes all the upstream has sent so far: one write per read, however many events.
+            while not stalled and not content.at_eof():
                 async with asyncio.timeout(idle):
-                    chunk = await upstream.content.readany()
+                    chunk = await content.readany()
+                last = time.perf_counter()
                 if not chunk:
                     break
                 await _send(resp, chunk, client)
@@ -134,4 +139,4 @@ async def relay(
             request.transport.abort()  # unread bytes would keep the connection (and its descriptor)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         pass  # the client left at write_eof: nothing more to send
-    return resp
+    return resp, last
