@@ -88,8 +88,11 @@ class Handlers:
         if not _json_content_type(request):
             raise bad_request("Expected request with `Content-Type: application/json`", 415)
         try:
-            async with asyncio.timeout(self.gw.config.client_timeout_seconds):
+            if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(self.gw.config.client_timeout_seconds):
+                    raw = await request.read()
         except TimeoutError:
             raise Rejection(
                 408,

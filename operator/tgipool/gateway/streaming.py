@@ -66,8 +66,17 @@ async def fail(
     return await end_held_stream(held, route, rej)
 
 
-async def _send(resp: web.StreamResponse, data: bytes, seconds: float) -> None:
+# A write that leaves the client's transport buffer under this cannot pause it (asyncio's default high-water
+# mark is 64 KiB), so it cannot wait: it needs no timeout.
+_NEVER_WAITS = 16 * 1024
+
+
+async def _send(request: web.Request, resp: web.StreamResponse, data: bytes, seconds: float) -> None:
+    transport = request.transport
     try:
+        if transport is not None and transport.get_write_buffer_size() + len(data) <= _NEVER_WAITS:
+            await resp.write(data)
+            return
         async with asyncio.timeout(seconds):
             await resp.write(data)
     except (TimeoutError, ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
@@ -100,7 +109,7 @@ async def relay(
     end: Rejection | None = None
     try:
         if first:
-            await _send(resp, first, client)
+            await _send(request, resp, first, client)
             gw.child(gw.metrics.ttft, pool).observe(time.perf_counter() - t0)
         content = upstream.content
         try:
@@ -111,7 +120,7 @@ async def relay(
                 last = time.perf_counter()
                 if not chunk:
                     break
-                await _send(resp, chunk, client)
+                await _send(request, resp, chunk, client)
         except TimeoutError:
             stalled = True
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
@@ -131,7 +140,7 @@ async def relay(
             )
         if end is not None:
             gw.metrics.rejections.labels(end.reason).inc()
-            await _send(resp, error_event(route, end), client)
+            await _send(request, resp, error_event(route, end), client)
         await resp.write_eof()
     except ClientGoneError:
         log.debug("pool %s: the client left a stream", pool)
