@@ -375,7 +375,7 @@ def render(res: dict[str, Any]) -> str:
             f"tgipool_gateway_added_latency_seconds (the gateway's own metric), mean over the latency runs: "
             f"{res['own_metric_mean_ms']:.3f} ms; added mean the client saw: "
             f"{res['client_seen_added_mean_ms']:.3f} ms (the metric cannot see the extra loopback hop: the "
-            "kernel's work and the wake-ups before the gateway reads a request and after it writes the answer)."
+            "kernel's work and the wake-ups before the gateway reads a request and after it answers)."
         )
     return "\n".join(lines) + "\n"
 
