@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
@@ -28,7 +27,6 @@ from http import HTTPStatus
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from tgipool.gateway.dispatch import Dispatch, acquire
 from tgipool.gateway.errors import POOL_HEADER, Rejection, error_response, render
@@ -36,6 +34,7 @@ from tgipool.gateway.overload import CAPPED_HEADER, OVERLOAD_HEADER, capped_body
 from tgipool.gateway.routing import Endpoint, Pool
 from tgipool.gateway.state import Gateway
 from tgipool.gateway.streaming import ENDPOINT_HEADER, HOP_BY_HOP, fail, relay, response_headers
+from tgipool.gateway.upstream import UpstreamConnectError, UpstreamResponse
 from tgipool.gateway.wake import COLD_START_HEADER, hold, must_hold, start_held_stream
 
 log = logging.getLogger("tgipool.gateway")
@@ -67,17 +66,6 @@ _UPSTREAM_TYPES = {
     422: "validation",
 }
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection before the answer
-
-
-@functools.lru_cache(maxsize=4096)
-def _url(base: str, route: str) -> URL:
-    """An endpoint's URL for a route, parsed once (yarl's parse costs as much as routing a request)."""
-    return URL(base + route)
-
-
-@functools.lru_cache(maxsize=16)
-def _timeout(connect: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect)
 
 
 def request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
@@ -215,21 +203,17 @@ async def _attempt(t: _Try, pool: Pool, ep: Endpoint, tokens: int) -> web.Stream
     answer_by = loop.time() + cfg.response_timeout_seconds
     status = CLIENT_GONE  # unless the attempt gets further
     t_up = time.perf_counter()
-    upstream: aiohttp.ClientResponse | None = None
+    upstream: UpstreamResponse | None = None
     upstream_end: float | None = None  # when its last byte came
     again = counted = False  # counted: `fail` has counted the answer
     try:
         try:
             async with asyncio.timeout_at(answer_by):
-                upstream = await gw.session.request(
-                    t.request.method,
-                    _url(ep.url, route),
-                    data=t.body,
-                    headers=t.headers,
-                    timeout=_timeout(cfg.connect_timeout_seconds),
+                upstream = await gw.upstream.request(
+                    t.request.method, ep.url, route, t.body, t.headers.items(), cfg.connect_timeout_seconds
                 )
         except aiohttp.ClientError as exc:  # refused, connect timeout, closed before answering
-            if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            if isinstance(exc, UpstreamConnectError):
                 gw.table.mark_down(ep)
             log.debug("pool %s: endpoint %s failed: %s", pool.name, ep.id, exc)
             status = 502

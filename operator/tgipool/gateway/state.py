@@ -15,6 +15,7 @@ from tgipool.gateway.metrics import GatewayMetrics
 from tgipool.gateway.parsing import int_or_none
 from tgipool.gateway.routing import Endpoint, Pool, RoutingTable
 from tgipool.gateway.tenants import Tenants
+from tgipool.gateway.upstream import UpstreamClient
 from tgipool.gateway.wake import Demand
 
 log = logging.getLogger("tgipool.gateway")
@@ -27,7 +28,8 @@ class Gateway:
         self.table = RoutingTable()
         self.tenants = Tenants()
         self.metrics = GatewayMetrics()
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # /info
+        self.upstream = UpstreamClient()  # generation requests
         self._tasks: set[asyncio.Task[None]] = set()
         self._depth: dict[str, Any] = {}
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -71,6 +73,7 @@ class Gateway:
         for task in list(self._tasks):
             task.cancel()
         await self.demand.close()
+        self.upstream.close()
         if self.session is not None:
             await self.session.close()
 

@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 
 from tgipool.gateway.errors import POOL_HEADER, Rejection, error_event
 from tgipool.gateway.state import Gateway
+from tgipool.gateway.upstream import UpstreamResponse
 from tgipool.gateway.wake import end_held_stream
 
 log = logging.getLogger("tgipool.gateway")
@@ -47,7 +48,9 @@ class ClientGoneError(Exception):
     """The client stopped reading (clientTimeoutSeconds) or closed the connection."""
 
 
-def response_headers(upstream: aiohttp.ClientResponse, pool: str, endpoint_id: str) -> CIMultiDict[str]:
+def response_headers(
+    upstream: aiohttp.ClientResponse | UpstreamResponse, pool: str, endpoint_id: str
+) -> CIMultiDict[str]:
     headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP)
     headers[POOL_HEADER] = pool
     # Which server answered, by id (never its address): operators trace a slow or failing reply to a pod.
@@ -87,7 +90,7 @@ async def relay(
     gw: Gateway,
     request: web.Request,
     route: str,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     first: bytes,
     pool: str,
     endpoint_id: str,
