@@ -128,7 +128,8 @@ class UpstreamClient:
             head += [f"{k}: {v}\r\n".encode() for k, v in headers]
             head.append(b"Content-Length: %d\r\n\r\n" % len(body))
             proto.set_response_params(read_until_eof=True, auto_decompress=False)
-            assert proto.transport is not None
+            if proto.transport is None:  # cannot happen after the checks above; a retry if it does
+                raise aiohttp.ServerDisconnectedError()
             proto.transport.write(b"".join(head) + body)
             message, payload = await proto.read()
         except BaseException:
