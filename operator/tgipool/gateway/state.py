@@ -61,9 +61,12 @@ class Gateway:
             skip_auto_headers=("User-Agent",),
         )
         self.table.learn_limit = self._learn_limit
-        keep_alive = asyncio.create_task(self.demand.keep_alive(self.table))
-        self._tasks.add(keep_alive)
-        keep_alive.add_done_callback(self._tasks.discard)
+        for task in (
+            asyncio.create_task(self.demand.keep_alive(self.table)),
+            asyncio.create_task(self.upstream.sweep_forever()),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         for ep in self.table.endpoints.values():
             if ep.configured_limit is None and not ep.info_requested:
                 ep.info_requested = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+import time
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDictProxy
 
 MAX_IDLE_PER_ENDPOINT = 256
+KEEPALIVE_SECONDS = 60.0  # an idle connection is closed after this (aiohttp's connector did the same)
 
 
 class UpstreamConnectError(aiohttp.ClientConnectionError):
@@ -71,7 +73,8 @@ class UpstreamResponse:
 
 class UpstreamClient:
     def __init__(self) -> None:
-        self._idle: dict[tuple[str, int], list[ResponseHandler]] = {}
+        # Idle connections per endpoint with when they became idle, oldest first (the newest is reused).
+        self._idle: dict[tuple[str, int], list[tuple[ResponseHandler, float]]] = {}
         self._closed = False
 
     async def _connect(self, host: str, port: int, timeout: float) -> ResponseHandler:
@@ -98,7 +101,23 @@ class UpstreamClient:
         ):
             proto.close()
         else:
-            idle.append(proto)
+            idle.append((proto, time.monotonic()))
+
+    def sweep(self, now: float) -> None:
+        """Close the connections idle for longer than KEEPALIVE_SECONDS (a removed endpoint's included)."""
+        for key, idle in list(self._idle.items()):
+            while idle and now - idle[0][1] > KEEPALIVE_SECONDS:
+                idle.pop(0)[0].close()
+            if not idle:
+                del self._idle[key]
+
+    async def sweep_forever(self, every: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.sweep(time.monotonic())
+
+    def idle_connections(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
 
     async def request(
         self,
@@ -116,7 +135,7 @@ class UpstreamClient:
         idle = self._idle.get(key)
         proto = None
         while idle:
-            candidate = idle.pop()
+            candidate = idle.pop()[0]
             if candidate.is_connected() and not candidate.should_close:
                 proto = candidate
                 break
@@ -140,6 +159,6 @@ class UpstreamClient:
     def close(self) -> None:
         self._closed = True
         for idle in self._idle.values():
-            for proto in idle:
+            for proto, _ in idle:
                 proto.close()
         self._idle.clear()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from tgipool.gateway import GatewayServer, parse_config
-from tgipool.gateway.upstream import UpstreamClient, UpstreamConnectError
+from tgipool.gateway.upstream import KEEPALIVE_SECONDS, UpstreamClient, UpstreamConnectError
 
 from .conftest import free_port
 
@@ -69,6 +70,13 @@ def test_connections_are_kept_alive_and_a_closed_one_is_not_reused() -> None:
                 async with session.post(gw.url + "/generate", json={"inputs": "Hi"}) as resp:
                     assert resp.status == 200
                 assert len(set(upstream.ports)) == 2, upstream.ports
+            # A connection idle for longer than the keep-alive time is closed.
+            client = gw.gateway.upstream
+            assert client.idle_connections() == 1
+            client.sweep(time.monotonic() + KEEPALIVE_SECONDS - 1)
+            assert client.idle_connections() == 1
+            client.sweep(time.monotonic() + KEEPALIVE_SECONDS + 1)
+            assert client.idle_connections() == 0
             # Not by a retry after a failed try on the dead connection: none was tried.
             retries = gw.gateway.metrics.registry.get_sample_value(
                 "tgipool_gateway_retries_total", {"pool": "p", "reason": "connect_error"}
