@@ -23,8 +23,9 @@ Generation routes (`POST /generate`, `/generate_stream`, `/`, `/v1/chat/completi
 7. proxy: retries, overload redispatch, streaming and the upstream timeouts (`proxy.py`). The model name
    a pool gets is always one it expects: a served name becomes `"tgi"` for TGI (any other name is a LoRA
    adapter id to TGI), stays the served name for vLLM and SGLang (`parsing.upstream_body`). TGI's own
-   routes go to TGI pools only: a model served only by other engines answers 400 `unsupported_route`. A model naming a LoRA adapter (`legal`, or `<servedName>/legal`) goes to a pool that loaded it,
-   and TGI gets the adapter's id: as the OpenAI `model` on `/v1/*`, as `parameters.adapter_id` on TGI's
+   routes go to TGI pools only: a model served only by other engines answers 400 `unsupported_route`.
+   A model naming a LoRA adapter (`legal`, or `<servedName>/legal`) goes to a pool that loaded it, and
+   TGI gets the adapter's id: as the OpenAI `model` on `/v1/*`, as `parameters.adapter_id` on TGI's
    routes; an adapter no pool loaded is a 404 (TGI itself would silently answer with the base model).
 
 Every response of a routed request carries `X-TGIPool-Pool: <pool>`. Gateway errors use the route's shape

@@ -33,14 +33,15 @@ BACKENDS: dict[str, dict[str, Any]] = {
 
 def config(urls: dict[str, str]) -> dict[str, Any]:
     limits = {"maxInputTokens": 2048, "maxTotalTokens": 4096}
+    vllm, sglang = {"engine": "vllm", **limits}, {"engine": "sglang", **limits}
     return {
         "pools": [
             # A migration: the same served name on a TGI pool and, preferred, a vLLM pool.
             {"name": "old", "servedName": "llama3", "priority": 1, "endpoints": [urls["tgi-a"]], **limits},
             {"name": "new", "servedName": "llama3", "engine": "vllm", "priority": 5, **limits,
              "endpoints": [urls["vllm-a"]]},
-            {"name": "mis", "servedName": "mistral", "engine": "vllm", "endpoints": [urls["vllm-b"]], **limits},
-            {"name": "qw", "servedName": "qwen", "engine": "sglang", "endpoints": [urls["sglang-a"]], **limits},
+            {"name": "mis", "servedName": "mistral", **vllm, "endpoints": [urls["vllm-b"]]},
+            {"name": "qw", "servedName": "qwen", **sglang, "endpoints": [urls["sglang-a"]]},
         ]
     }  # fmt: skip
 
