@@ -125,6 +125,7 @@ def _wider(
         for p in pools
         if p.total_limit > pool.total_limit
         and p.environment == pool.environment
+        and p.upstream_model == pool.upstream_model  # the body names the model for the pool's engine
         and p.fits(counts[p.counter.key], max_new)
         and (adapter is None or p.adapters.get(adapter) == pool.adapters[adapter])
     ]
@@ -145,7 +146,6 @@ async def _fallback(
         return None
     if fb.upstream_model != pool.upstream_model:
         return None  # the body names the model as the pool's engine knows it: another engine may not
-
     if adapter is not None and fb.adapters.get(adapter) != pool.adapters[adapter]:
         return None  # the fallback did not load the adapter under the same id
     if tenant is not None and tenant.pools is not None and fb.name not in tenant.pools:
