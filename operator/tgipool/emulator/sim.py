@@ -166,11 +166,15 @@ def settings_for_pod(
         after = positional[positional.index("serve") + 1 :]
         if after:
             values["model_id"] = after[0]
-    for flag, field in _INT_FLAGS[dialect].items():
+    int_flags, str_flags = dict(_INT_FLAGS[dialect]), dict(_STR_FLAGS[dialect])
+    if dialect != engine:  # TGI's flags, and the engine's own from extraArgs where TGI has no such flag
+        int_flags = {**{k: v for k, v in _INT_FLAGS[engine].items() if k not in int_flags}, **int_flags}
+        str_flags = {**{k: v for k, v in _STR_FLAGS[engine].items() if k not in str_flags}, **str_flags}
+    for flag, field in int_flags.items():
         given = flags.get(flag) or []
         if given and given[0].isdigit():
             values[field] = int(given[0])
-    for flag, field in _STR_FLAGS[dialect].items():
+    for flag, field in str_flags.items():
         if flags.get(flag):
             values[field] = flags[flag][0]
     lora = [v for given in flags.get(_LORA_FLAGS[dialect], []) for v in given.split(",") if v]

@@ -221,20 +221,24 @@ def test_sim_emulates_the_engine_of_the_pod_label() -> None:
         4,
         30000,
     )
-    # Until an engine's builder lands its pods carry TGI's flags: read as such, served as the label says.
-    interim = settings_for_pod(
-        _pod("vllm", ["--model-id=org/t", "--max-total-tokens=900", "--port=8080"]), base
-    )
-    assert interim is not None and (
+    # Until an engine's builder lands its pods carry TGI's flags: read as such (with the engine's own
+    # flags from extraArgs where TGI has none), served as the label says.
+    args = [
+        "--model-id=org/t",
+        "--max-total-tokens=900",
+        "--port=8080",
+        "--max-num-seqs=2",
+        "--served-model-name=x",
+    ]
+    interim = settings_for_pod(_pod("vllm", args), base)
+    assert interim is not None
+    got = (
         interim.engine,
         interim.model_id,
-        interim.total_limit if False else interim.max_total_tokens,
-        interim.port,
-    ) == (
-        "vllm",
-        "org/t",
-        900,
-        8080,
+        interim.model_name,
+        interim.max_total_tokens,
+        interim.max_batch_size,
     )
+    assert (got, interim.port) == (("vllm", "org/t", "x", 900, 2), 8080)
     tgi = settings_for_pod(_pod(None, ["--model-id=org/t"]), base)
     assert tgi is not None and tgi.engine == "tgi"
