@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "operator"))
 from tests.e2e.cluster import kubectl, write_requests  # noqa: E402  (shared API-server helpers)
+
 from tgipool.api.parse import parse_pool  # noqa: E402
 from tgipool.config import DEFAULT_CONFIG  # noqa: E402
 from tgipool.desired import build_children  # noqa: E402
@@ -112,7 +113,9 @@ class Api:
 
     async def list(self, api: str, plural: str, ns: str) -> list[dict[str, Any]]:
         prefix = "/api/v1" if api == "v1" else f"/apis/{api}"
-        async with self.session.get(f"{self.host}{prefix}/namespaces/{ns}/{plural}", headers=self.headers) as r:
+        async with self.session.get(
+            f"{self.host}{prefix}/namespaces/{ns}/{plural}", headers=self.headers
+        ) as r:
             r.raise_for_status()
             return list((await r.json())["items"])
 
@@ -153,7 +156,9 @@ def _true(obj: dict[str, Any], ctype: str) -> bool:
     return any(c.get("type") == ctype and c.get("status") == "True" for c in conds)
 
 
-async def wait_until(what: str, check: Callable[[], Awaitable[bool]], t0: float, interval: float = 1.0) -> float:
+async def wait_until(
+    what: str, check: Callable[[], Awaitable[bool]], t0: float, interval: float = 1.0
+) -> float:
     """Seconds from t0 until `check` holds (bounded)."""
     while not await check():
         if time.monotonic() - t0 > CONVERGE_TIMEOUT:
@@ -405,11 +410,17 @@ def table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pools", type=int, default=500)
-    ap.add_argument("--nodes", type=int, default=1000, help="bulk simulated 8x H100 nodes (tools/cluster.sh nodes)")
+    ap.add_argument(
+        "--nodes", type=int, default=1000, help="bulk simulated 8x H100 nodes (tools/cluster.sh nodes)"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 pools on 20 nodes")
     ap.add_argument("--always-apply", action="store_true", help="also run the operator with the diff off")
-    ap.add_argument("--profile", type=Path, help="py-spy profile of the operator while it converges (speedscope)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/operator", help="writes OUT.md and OUT.json")
+    ap.add_argument(
+        "--profile", type=Path, help="py-spy profile of the operator while it converges (speedscope)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "bench/results/operator", help="writes OUT.md and OUT.json"
+    )
     ap.add_argument("--keep-nodes", action="store_true", help="leave the bulk nodes for the next run")
     args = ap.parse_args()
     if args.quick:

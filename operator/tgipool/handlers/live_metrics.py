@@ -33,6 +33,17 @@ class LiveMetrics:
         self.interval = interval
         self.reading = Reading(values={}, observed_at=_now(), error=None if reader else NO_PROMETHEUS)
         self._task: asyncio.Task[None] | None = None
+        self._round = asyncio.Event()  # set (and replaced) when a round lands: wakes every pool's folder
+
+    def wake(self) -> None:
+        """Wakes everything waiting for the next round (a new reading, or a gateway that came or went)."""
+        event, self._round = self._round, asyncio.Event()
+        event.set()
+
+    async def next_round(self, timeout: float | None) -> None:
+        """Waits for the next round, or `timeout` seconds (None: no limit)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._round.wait(), timeout)
 
     async def refresh(self) -> Reading:
         if self.reader is None:
@@ -47,6 +58,7 @@ class LiveMetrics:
                     "Prometheus at %s answers (%d pools with series)", self.reader.url, len(reading.values)
                 )
         self.reading = reading
+        self.wake()
         return reading
 
     async def _run(self) -> None:
