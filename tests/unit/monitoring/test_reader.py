@@ -114,3 +114,31 @@ def test_the_live_loop_reads_once_per_round_whatever_the_pools() -> None:
             asyncio.run(rounds())
             assert len(prom.queries) == 3 * per_round
             assert len(live.reading.values) == pools
+
+
+def test_a_round_wakes_every_waiting_pool_at_once() -> None:
+    """The pools' folders wait for the next round (no polling); a round wakes all of them, and one
+    with a timeout wakes by itself."""
+
+    async def main() -> tuple[int, float]:
+        live = LiveMetrics(None, interval=15)
+        woken = 0
+
+        async def folder() -> None:
+            nonlocal woken
+            await live.next_round(None)
+            woken += 1
+
+        tasks = [asyncio.create_task(folder()) for _ in range(100)]
+        await asyncio.sleep(0.05)
+        assert woken == 0
+        live.wake()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await live.next_round(0.05)  # nothing comes: the timeout ends the wait
+        return woken, loop.time() - t0
+
+    woken, waited = asyncio.run(main())
+    assert woken == 100
+    assert 0.04 <= waited < 1
