@@ -260,10 +260,11 @@ def count_log(path: Path, pattern: str) -> int:
 
 
 async def run_operator(
-    api: Api, label: str, code: str, ns: str, n: int, log_dir: Path, profile: Path | None
+    api: Api, label: str, code: str, ns: str, n: int, log_dir: Path, profile: Path | None, src: Path = ROOT
 ) -> dict[str, Any]:
+    """`src`: the checkout whose operator/ runs (another one for a before/after comparison)."""
     log_path = log_dir / f"{label}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "operator")}
+    env = {**os.environ, "PYTHONPATH": str(src / "operator")}
     argv = [sys.executable, "-c", code]
 
     def start() -> subprocess.Popen[bytes]:
@@ -352,7 +353,8 @@ def delete_namespace(ns: str) -> None:
 async def run_all(args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str, Any]]:
     api = await Api.connect()
     results: dict[str, dict[str, Any]] = {}
-    variants = ["floor", "operator"] + (["always-apply"] if args.always_apply else [])
+    variants = ["floor"] + (["before"] if args.before else []) + ["operator"]
+    variants += ["always-apply"] if args.always_apply else []
     try:
         for label in variants:
             ns = f"bench-{label[:5]}-{uuid.uuid4().hex[:4]}"
@@ -365,9 +367,10 @@ async def run_all(args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str
                     log(f"{label}: deleting {ns}")
                     delete_namespace(ns)
             else:
-                code = SHIPPED if label == "operator" else ALWAYS_APPLY
-                prof = args.profile if label == "operator" else None
-                results[label] = await run_operator(api, label, code, ns, args.pools, log_dir, prof)
+                code = ALWAYS_APPLY if label == "always-apply" else SHIPPED
+                prof = {"operator": args.profile, "before": args.profile_before}.get(label)
+                src = args.before if label == "before" else ROOT
+                results[label] = await run_operator(api, label, code, ns, args.pools, log_dir, prof, src)
             shown = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in results[label].items()}
             log(f"{label}: {shown}")
     finally:
@@ -388,22 +391,26 @@ ROWS = [
 
 def table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
     cols = list(results)
+    others = [c for c in cols if c != "floor"] if "floor" in results else []
     lines = [
         f"{args.pools} pools on {args.nodes} simulated GPU nodes, one run, same API server "
         f"(writes counted by the API server; floor: plain SSA client, {CONCURRENCY} in flight)",
         "",
-        "| | " + " | ".join(cols) + " | operator / floor |",
-        "|---|" + "---:|" * (len(cols) + 1),
+        "| | " + " | ".join(cols) + "".join(f" | {c} / floor" for c in others) + " |",
+        "|---|" + "---:|" * (len(cols) + len(others)),
     ]
     for key, name, fmt in ROWS:
         cells = [fmt.format(results[c][key]) if key in results[c] else "-" for c in cols]
-        f, o = results.get("floor", {}).get(key), results.get("operator", {}).get(key)
-        ratio = f"{o / f:.2f}x" if f and o is not None else ""
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
-    op = results.get("operator", {})
-    if op.get("resume_writes_audit"):
-        lines += ["", "Restart writes by user agent, verb, resource (audit log):", ""]
-        lines += [f"- {k}: {v}" for k, v in sorted(op["resume_writes_audit"].items(), key=lambda kv: -kv[1])]
+        f = results.get("floor", {}).get(key)
+        ratios = [
+            f"{results[c][key] / f:.2f}x" if f and results[c].get(key) is not None else "" for c in others
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
+    for label in cols:
+        audit = results[label].get("resume_writes_audit")
+        if audit:
+            lines += ["", f"{label}: restart writes by user agent, verb, resource (audit log):", ""]
+            lines += [f"- {k}: {v}" for k, v in sorted(audit.items(), key=lambda kv: -kv[1])]
     return "\n".join(lines)
 
 
@@ -415,6 +422,10 @@ def main() -> int:
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 pools on 20 nodes")
     ap.add_argument("--always-apply", action="store_true", help="also run the operator with the diff off")
+    ap.add_argument(
+        "--before", type=Path, help="also run the operator of this checkout (a worktree of an older commit)"
+    )
+    ap.add_argument("--profile-before", type=Path, help="py-spy profile of the --before operator")
     ap.add_argument(
         "--profile", type=Path, help="py-spy profile of the operator while it converges (speedscope)"
     )
