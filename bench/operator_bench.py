@@ -355,6 +355,8 @@ async def run_all(args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str
     results: dict[str, dict[str, Any]] = {}
     variants = ["floor"] + (["before"] if args.before else []) + ["operator"]
     variants += ["always-apply"] if args.always_apply else []
+    if args.only:
+        variants = [v for v in variants if v in args.only.split(",")]
     try:
         for label in variants:
             ns = f"bench-{label[:5]}-{uuid.uuid4().hex[:4]}"
@@ -425,6 +427,7 @@ def main() -> int:
     ap.add_argument(
         "--before", type=Path, help="also run the operator of this checkout (a worktree of an older commit)"
     )
+    ap.add_argument("--only", help="run only these variants (comma-separated: floor,before,operator)")
     ap.add_argument("--profile-before", type=Path, help="py-spy profile of the --before operator")
     ap.add_argument(
         "--profile", type=Path, help="py-spy profile of the operator while it converges (speedscope)"
