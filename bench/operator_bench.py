@@ -58,7 +58,7 @@ ALWAYS_APPLY = (
 )
 COMMIT = "5f0b02c75b57c5855da9ae460ce51323ea669d8a"  # prod pools pin a commit (spec.environment)
 CONCURRENCY = 16  # the floor client's requests in flight (the operator's API client pool is as large)
-CONVERGE_TIMEOUT = 1800.0
+CONVERGE_TIMEOUT = 900.0
 PLURAL_OF = {
     "Lease": "leases",
     "Service": "services",
