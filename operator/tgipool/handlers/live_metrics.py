@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import datetime
 import logging
+from collections.abc import Awaitable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -40,10 +42,17 @@ class LiveMetrics:
         event, self._round = self._round, asyncio.Event()
         event.set()
 
-    async def next_round(self, timeout: float | None) -> None:
-        """Waits for the next round, or `timeout` seconds (None: no limit)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._round.wait(), timeout)
+    async def next_round(self, timeout: float | None, stopped: Awaitable[Any] | None = None) -> None:
+        """Waits for the next round, `timeout` seconds (None: no limit), or `stopped` (a kopf daemon's
+        stopper), whichever comes first."""
+        waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._round.wait())}
+        if stopped is not None:
+            waits.add(asyncio.ensure_future(stopped))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def refresh(self) -> Reading:
         if self.reader is None:

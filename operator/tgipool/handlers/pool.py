@@ -107,9 +107,15 @@ def _folded(
     return (dict(reading.of(*key)), reading.error, reading.rule_groups, dict(routed), budget)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=0, initial_delay=TIMER_SECONDS)
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=1.0, initial_delay=TIMER_SECONDS)
 async def pool_folder(
-    body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    stopped: kopf.DaemonStopped,
+    **kwargs: Any,
 ) -> None:
     """Folds each new round of the metrics loop and each change of the gateways routing the pool into
     its status, and puts idle warm and cold pools back to rest (all through `reconcile`, which writes
@@ -128,8 +134,8 @@ async def pool_folder(
         hot = spec.get("tier", "hot") == "hot"
         # A shared GPU budget's other pools scale without an event of this pool: look every few seconds.
         polls = key[0] in kwargs["gateway_index"] or "gpuBudget" in (spec.get("autoscaling") or {})
-        await live.next_round(None if hot and not polls else TIMER_SECONDS)
-        if body.get("metadata", {}).get("deletionTimestamp"):
+        await live.next_round(None if hot and not polls else TIMER_SECONDS, stopped.wait())
+        if stopped or body.get("metadata", {}).get("deletionTimestamp"):
             return
         reading = live.reading
         hot = (body.get("spec") or {}).get("tier", "hot") == "hot"
