@@ -135,20 +135,33 @@ class Writer:
         cached: Callable[[str, str], Manifest | None],
         out: Outcome,
     ) -> None:
-        """Server-side applies each manifest that differs from the cluster; refusals go to `out`."""
+        """Server-side applies each manifest that differs from the cluster; refusals go to `out`.
+
+        The applies of one call go out together (no child waits for another's answer: a pod waits for
+        its claim by itself), and land in `out` in the order given."""
+        todo = []
         for manifest in manifests:
             kind, meta = manifest["kind"], manifest["metadata"]
             current = self.current(kind, meta["namespace"], meta["name"], cached(kind, meta["name"]))
-            if not needs_apply(manifest, current):
-                continue
-            try:
-                self.remember(await self.call(self.kube.apply, stamped(manifest)))
-                out.applied.append(f"{kind}/{meta['name']}")
-            except ApplyError as e:
-                if e.status == 422 and kind in RECREATE_WHEN_INVALID and current is not None:
-                    await self._recreate(manifest, out)
-                else:
-                    out.errors.append(e)
+            if needs_apply(manifest, current):
+                todo.append(self._apply_one(manifest, current))
+        for one in await asyncio.gather(*todo):
+            out.applied += one.applied
+            out.deleted += one.deleted
+            out.errors += one.errors
+
+    async def _apply_one(self, manifest: Manifest, current: Manifest | None) -> Outcome:
+        kind, meta = manifest["kind"], manifest["metadata"]
+        out = Outcome()
+        try:
+            self.remember(await self.call(self.kube.apply, stamped(manifest)))
+            out.applied.append(f"{kind}/{meta['name']}")
+        except ApplyError as e:
+            if e.status == 422 and kind in RECREATE_WHEN_INVALID and current is not None:
+                await self._recreate(manifest, out)
+            else:
+                out.errors.append(e)
+        return out
 
     async def _recreate(self, manifest: Manifest, out: Outcome) -> None:
         """A stateless child that a hand edit left in a shape our apply cannot merge back into: made anew."""
