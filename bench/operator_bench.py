@@ -102,14 +102,25 @@ class Api:
         return f"{prefix}/namespaces/{meta['namespace']}/{PLURAL_OF[manifest['kind']]}/{meta['name']}"
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """One server-side apply; passing trouble (429, 5xx, a cut connection) is retried, as clients do."""
         url = self.host + self.path(manifest)
         headers = {**self.headers, "Content-Type": "application/apply-patch+yaml"}
         params = {"fieldManager": "bench-floor", "force": "true"}
-        async with self.session.patch(url, data=json.dumps(manifest), headers=headers, params=params) as r:
-            body = await r.json()
-            if r.status >= 300:
-                raise RuntimeError(f"apply {self.path(manifest)}: {r.status} {body.get('message')}")
-            return dict(body)
+        for attempt in range(8):
+            try:
+                async with self.session.patch(
+                    url, data=json.dumps(manifest), headers=headers, params=params
+                ) as r:
+                    body = await r.json(content_type=None)
+                    if r.status < 300:
+                        return dict(body)
+                    if r.status not in (409, 429) and r.status < 500:
+                        raise RuntimeError(f"apply {self.path(manifest)}: {r.status} {body.get('message')}")
+            except (aiohttp.ClientError, TimeoutError):
+                if attempt == 7:
+                    raise
+            await asyncio.sleep(0.2 * 2**attempt)
+        raise RuntimeError(f"apply {self.path(manifest)}: no success after 8 attempts")
 
     async def list(self, api: str, plural: str, ns: str) -> list[dict[str, Any]]:
         prefix = "/api/v1" if api == "v1" else f"/apis/{api}"
