@@ -512,7 +512,10 @@ cmd_nodes() {
   # Extra ones (index >= N) go; deletes are not waited for (KWOK holds no pods' state for them).
   local extra=()
   for i in $have; do ((i < want)) || extra+=("sim-gpu-$i"); done
-  if ((${#extra[@]})); then
+  if ((want == 0 && ${#extra[@]})); then
+    kc delete nodes -l "$bulk_selector" --wait=false >/dev/null
+    log "deleted ${#extra[@]} bulk node(s)"
+  elif ((${#extra[@]})); then
     printf '%s\n' "${extra[@]}" | xargs -n 200 "$(kubectl_bin)" --kubeconfig "$kubeconfig" delete node --wait=false >/dev/null
     log "deleted ${#extra[@]} bulk node(s)"
   fi
