@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from kopf._cogs.structs.references import Selector  # not re-exported by kopf
 
 from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.config import DEFAULT_CONFIG
@@ -46,6 +47,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
+    # Children and pods are watched by our label, filtered by the API server: kopf would otherwise watch
+    # (and keep memory for) every Service, Pod, Job and Lease of the cluster, node heartbeats included.
+    for group, version, plural, _kind in [*indexes.CHILD_KINDS, ("", "v1", "pods", "Pod")]:
+        selector = Selector(group=group, version=version, plural=plural)
+        settings.watching.label_selectors[selector] = f"app.kubernetes.io/managed-by={names.MANAGED_BY}"
     settings.networking.request_timeout = 60
     # An exception that is no answer of the API server (unreachable, connection cut) is passing trouble
     # like a 5xx: retried as soon (kopf's default waits 60 s).
