@@ -77,7 +77,7 @@ demo: tools install ## local cluster + operator + example pools, Ready on simula
 demo-down: ## stop the demo operator and the cluster
 	tools/demo.sh down
 
-bench-deps: install ## nginx (the plain proxy the benches compare against) and the bench group (plots)
+bench-deps: install ## nginx and vllm-router (the proxies the gateway bench compares against), the bench group
 	@command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light; }
 	$(UV) pip install -q --python $(PY) --group bench
 

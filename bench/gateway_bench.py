@@ -1,24 +1,31 @@
-"""What the gateway adds: latency (p50, p99) and throughput, side by side with direct access and nginx.
+"""What a proxy adds: our gateway side by side with vllm-router (Rust, from PyPI) and nginx, in one run.
 
-One fast TGI emulator (decode step 0 ms, 2 new tokens) runs in a subprocess, so the time measured is
-dominated by HTTP handling. Three targets serve it:
+One fast TGI emulator (`tgipool emulate`, decode step `--decode-step-ms`, `--tokens` new tokens) runs in
+a subprocess, so the time measured is dominated by HTTP handling. Four targets serve it:
 
 * direct: the emulator itself;
-* gateway: `tgipool gateway` (a subprocess) with one pool holding that emulator;
-* nginx: a plain reverse proxy (`proxy_pass` to a keep-alive upstream, buffering off, one worker),
-  only when `nginx` is on PATH: the benchmark installs nothing.
+* ours: `tgipool gateway` (a subprocess) with one pool holding that emulator: it still parses, tokenizes
+  (the shared estimate) and routes every request;
+* vllm-router: `vllm-router --worker-urls <emulator> --policy round_robin` (the `bench` dependency group),
+  only when it is installed;
+* nginx: a plain reverse proxy (`proxy_pass` to a keep-alive upstream, buffering off, one worker), only when
+  `nginx` is on PATH (`make bench-deps`).
 
-The load generator is this process (aiohttp, keep-alive connections). Targets are measured in alternating
-rounds so that drift of the machine hits all of them alike:
+Two workloads, both `POST /v1/chat/completions`: `chat` (one JSON answer) and `stream` (`"stream": true`,
+one SSE event per token). The load generator is this process (aiohttp, keep-alive connections). Each round
+measures every workload on every target in turn (interleaved), so drift of the machine hits all alike:
 
-* latency: one client, requests back to back; p50 / p99 per target, and the added latency of each proxy
-  (its percentile minus direct's);
-* throughput: `--concurrency` clients in a closed loop for `--seconds`; requests/s per target.
+* latency: one client, requests back to back: p50 / p99, and the added latency of each proxy (its
+  percentile minus direct's);
+* throughput: `--concurrency` clients in a closed loop: requests/s (and its ratio to direct), and the CPU
+  per request of the proxy's processes (utime + stime from /proc over the window, divided by the
+  requests answered in it).
 
-It prints ratios against direct (and gateway / nginx), plus the gateway's own overhead histogram
-(`tgipool_gateway_added_latency_seconds`: total minus upstream time, measured inside the gateway).
+It prints the table and the ratios ours / vllm-router and ours / nginx, writes them to
+`bench/results/gateway.md` and `gateway.json` (`--out`), and compares the gateway's own
+`tgipool_gateway_added_latency_seconds` (mean, over the latency runs) with what the client saw.
 
-    .venv/bin/python bench/gateway_bench.py [--requests 2000] [--concurrency 32] [--seconds 3] [--rounds 3]
+    .venv/bin/python bench/gateway_bench.py [--quick] [--rounds 3] [--requests 1500] [--seconds 6]
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -35,12 +43,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-BODY = b'{"inputs":"Hello, how are you?","parameters":{"max_new_tokens":2}}'
 HEADERS = {"Content-Type": "application/json"}
+ROUTE = "/v1/chat/completions"
+RESULTS = Path(__file__).resolve().parent / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 NGINX_CONF = """
 worker_processes 1;
@@ -71,60 +83,119 @@ http {{
 """
 
 
+def body(tokens: int, stream: bool) -> bytes:
+    data = {
+        "model": "tgi",
+        "messages": [{"role": "user", "content": "Hello, how are you?"}],
+        "max_tokens": tokens,
+        "stream": stream,
+    }
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-async def wait_ready(url: str, seconds: float = 20.0) -> None:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and its live descendants (nginx's worker, any helper process)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    total = 0
+    for p in tree:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / CLK_TCK
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    pid: int | None  # the process whose CPU is the proxy's (None: direct)
+
+
+@dataclass
+class Sample:
+    latencies: list[float] = field(default_factory=list)
+    rps: list[float] = field(default_factory=list)
+    done: int = 0
+    cpu: float = 0.0
+
+
+async def wait_ready(url: str, payload: bytes, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             with contextlib.suppress(aiohttp.ClientError):
-                async with session.post(url + "/generate", data=BODY, headers=HEADERS) as resp:
+                async with session.post(url + ROUTE, data=payload, headers=HEADERS) as resp:
+                    await resp.read()
                     if resp.status == 200:
                         return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
     raise RuntimeError(f"{url} did not become ready")
 
 
 @contextlib.contextmanager
-def processes(tmp: Path, nginx: str | None) -> Iterator[dict[str, str]]:
+def processes(
+    tmp: Path, args: argparse.Namespace, nginx: str | None, router: str | None
+) -> Iterator[list[Target]]:
     py = sys.executable
-    backend, gateway = free_port(), free_port()
+    backend = free_port()
     procs: list[subprocess.Popen[bytes]] = []
-    targets = {"direct": f"http://127.0.0.1:{backend}", "gateway": f"http://127.0.0.1:{gateway}"}
+    direct = f"http://127.0.0.1:{backend}"
+
+    def start(cmd: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        return proc
+
     try:
-        procs.append(
-            subprocess.Popen(
-                [py, "-m", "tgipool.emulator.cli", "emulate", "--hostname", "127.0.0.1",
-                 "--port", str(backend), "--decode-step-ms", "0", "--decode-step-growth-ms", "0",
-                 "--max-concurrent-requests", "4096",
-                 "--prefill-tokens-per-second", "100000000"],
-                stderr=subprocess.DEVNULL,
-            )
+        emulator = start(
+            [py, "-m", "tgipool.emulator.cli", "emulate", "--hostname", "127.0.0.1", "--port", str(backend),
+             "--decode-step-ms", str(args.decode_step_ms), "--decode-step-growth-ms", "0",
+             "--max-concurrent-requests", "4096", "--prefill-tokens-per-second", "100000000"]
         )  # fmt: skip
+        targets = [Target("direct", direct, emulator.pid)]
         config = tmp / "gateway.yaml"
         config.write_text(
             "pools:\n- name: bench\n  maxInputTokens: 2048\n  maxTotalTokens: 4096\n"
-            f"  maxConcurrentRequests: 4096\n  endpoints: [{targets['direct']}]\ndefaultPool: bench\n"
+            f"  maxConcurrentRequests: 4096\n  endpoints: [{direct}]\ndefaultPool: bench\n"
         )
-        procs.append(
-            subprocess.Popen(
-                [py, "-m", "tgipool.gateway.cli", "gateway", "--config", str(config), "--host", "127.0.0.1",
-                 "--port", str(gateway)],
-                stderr=subprocess.DEVNULL,
-            )
+        port = free_port()
+        ours = start(
+            [py, "-m", "tgipool.gateway.cli", "gateway", "--config", str(config), "--host", "127.0.0.1",
+             "--port", str(port)]
         )  # fmt: skip
+        targets.append(Target("ours", f"http://127.0.0.1:{port}", ours.pid))
+        if router:
+            port = free_port()
+            proc = start(
+                [router, "--host", "127.0.0.1", "--port", str(port), "--worker-urls", direct,
+                 "--policy", "round_robin", "--log-level", "warning",
+                 "--prometheus-port", str(free_port()), "--max-concurrent-requests", "4096"]
+            )  # fmt: skip
+            targets.append(Target("vllm-router", f"http://127.0.0.1:{port}", proc.pid))
         if nginx:
             port = free_port()
             conf = tmp / "nginx.conf"
             conf.write_text(NGINX_CONF.format(tmp=tmp, backend=backend, port=port))
-            procs.append(
-                subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp)], stderr=subprocess.DEVNULL)
-            )
-            targets["nginx"] = f"http://127.0.0.1:{port}"
+            proc = start([nginx, "-c", str(conf), "-p", str(tmp)])
+            targets.append(Target("nginx", f"http://127.0.0.1:{port}", proc.pid))
         yield targets
     finally:
         for p in procs:
@@ -134,34 +205,54 @@ def processes(tmp: Path, nginx: str | None) -> Iterator[dict[str, str]]:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait(timeout=5)
 
 
-async def latency_run(session: aiohttp.ClientSession, url: str, n: int) -> list[float]:
+async def one(session: aiohttp.ClientSession, url: str, payload: bytes) -> None:
+    async with session.post(url + ROUTE, data=payload, headers=HEADERS) as resp:
+        await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{url}: HTTP {resp.status}")
+
+
+async def latency_run(session: aiohttp.ClientSession, url: str, payload: bytes, n: int) -> list[float]:
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        async with session.post(url + "/generate", data=BODY, headers=HEADERS) as resp:
-            await resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"{url}: HTTP {resp.status}")
+        await one(session, url, payload)
         out.append(time.perf_counter() - t)
     return out
 
 
-async def throughput_run(session: aiohttp.ClientSession, url: str, concurrency: int, seconds: float) -> float:
+async def throughput_run(
+    session: aiohttp.ClientSession, url: str, payload: bytes, concurrency: int, seconds: float
+) -> tuple[int, float]:
+    """(requests answered, seconds) with `concurrency` clients in a closed loop."""
     stop = time.perf_counter() + seconds
     done = 0
 
     async def client() -> None:
         nonlocal done
         while time.perf_counter() < stop:
-            async with session.post(url + "/generate", data=BODY, headers=HEADERS) as resp:
-                await resp.read()
+            await one(session, url, payload)
             done += 1
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    return done / (time.perf_counter() - start)
+    return done, time.perf_counter() - start
+
+
+async def own_metric(session: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+    """(sum, count) of the gateway's tgipool_gateway_added_latency_seconds."""
+    async with session.get(url + "/metrics") as resp:
+        text = await resp.text()
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("tgipool_gateway_added_latency_seconds_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("tgipool_gateway_added_latency_seconds_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
 
 
 def pct(values: list[float], q: float) -> float:
@@ -169,83 +260,159 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def gateway_overhead(url: str) -> str:
-    """The median bucket of the gateway's own added-latency histogram."""
-    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
-        text = await resp.text()
-    buckets: list[tuple[float, float]] = []
-    for line in text.splitlines():
-        if line.startswith("tgipool_gateway_added_latency_seconds_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-    if not buckets or buckets[-1][1] == 0:
-        return "n/a"
-    total = buckets[-1][1]
-    p50 = next(le for le, c in buckets if c >= total / 2)
-    p99 = next(le for le, c in buckets if c >= total * 0.99)
-    return f"p50 <= {p50 * 1e3:.2f} ms, p99 <= {p99 * 1e3:.2f} ms ({int(total)} requests)"
+WORKLOADS = ("chat", "stream")
 
 
-async def bench(args: argparse.Namespace, targets: dict[str, str]) -> None:
-    for url in targets.values():
-        await wait_ready(url)
-    connector = aiohttp.TCPConnector(limit=0)
-    lat: dict[str, list[float]] = {name: [] for name in targets}
-    tput: dict[str, list[float]] = {name: [] for name in targets}
-    async with aiohttp.ClientSession(connector=connector) as session:
-        for url in targets.values():  # warm up connections and code paths
-            await latency_run(session, url, 200)
+async def bench(args: argparse.Namespace, targets: list[Target]) -> dict[str, Any]:
+    payloads = {w: body(args.tokens, w == "stream") for w in WORKLOADS}
+    for t in targets:
+        await wait_ready(t.url, payloads["chat"])
+    samples = {(w, t.name): Sample() for w in WORKLOADS for t in targets}
+    metric_sum = metric_count = 0.0
+    per_round = max(1, args.requests // args.rounds)
+    ours = next(t for t in targets if t.name == "ours")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        for t in targets:  # warm up connections and code paths
+            for w in WORKLOADS:
+                await latency_run(session, t.url, payloads[w], 100 if not args.quick else 20)
         for r in range(args.rounds):
-            for name, url in targets.items():
-                lat[name] += await latency_run(session, url, args.requests // args.rounds)
-                tput[name].append(
-                    await throughput_run(session, url, args.concurrency, args.seconds / args.rounds)
-                )
+            for w in WORKLOADS:
+                for t in targets:
+                    s = samples[w, t.name]
+                    before = await own_metric(session, ours.url) if t is ours else (0.0, 0.0)
+                    s.latencies += await latency_run(session, t.url, payloads[w], per_round)
+                    if t is ours:
+                        after = await own_metric(session, ours.url)
+                        metric_sum += after[0] - before[0]
+                        metric_count += after[1] - before[1]
+                    cpu0 = cpu_seconds(t.pid) if t.pid else 0.0
+                    done, took = await throughput_run(
+                        session, t.url, payloads[w], args.concurrency, args.seconds / args.rounds
+                    )
+                    s.cpu += (cpu_seconds(t.pid) if t.pid else 0.0) - cpu0
+                    s.done += done
+                    s.rps.append(done / took)
             print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr)
-    d50, d99 = pct(lat["direct"], 0.5), pct(lat["direct"], 0.99)
-    print(
-        f"\nlatency (1 client, {len(lat['direct'])} requests each), throughput ({args.concurrency} clients)"
-    )
-    print(
-        f"{'target':<8} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} "
-        f"{'req/s':>9} {'vs direct':>10}"
-    )
-    rps = {name: statistics.fmean(v) for name, v in tput.items()}
-    for name in targets:
-        p50, p99 = pct(lat[name], 0.5), pct(lat[name], 0.99)
-        print(
-            f"{name:<8} {p50 * 1e3:>8.3f} {p99 * 1e3:>8.3f} "
-            f"{(p50 - d50) * 1e3:>8.3f} {(p99 - d99) * 1e3:>8.3f} "
-            f"{rps[name]:>9.0f} {rps[name] / rps['direct']:>9.2f}x"
+    out: dict[str, Any] = {
+        "command": " ".join(["bench/gateway_bench.py", *sys.argv[1:]]),
+        "cpus": os.cpu_count(),
+        "concurrency": args.concurrency,
+        "tokens": args.tokens,
+        "decode_step_ms": args.decode_step_ms,
+        "workloads": {},
+    }
+    for w in WORKLOADS:
+        direct = samples[w, "direct"]
+        d50, d99 = pct(direct.latencies, 0.5), pct(direct.latencies, 0.99)
+        dmean = statistics.fmean(direct.latencies)
+        d_rps = statistics.fmean(direct.rps)
+        rows = {}
+        for t in targets:
+            s = samples[w, t.name]
+            p50, p99, rps = pct(s.latencies, 0.5), pct(s.latencies, 0.99), statistics.fmean(s.rps)
+            rows[t.name] = {
+                "p50_ms": p50 * 1e3,
+                "p99_ms": p99 * 1e3,
+                "added_p50_ms": (p50 - d50) * 1e3,
+                "added_p99_ms": (p99 - d99) * 1e3,
+                "added_mean_ms": (statistics.fmean(s.latencies) - dmean) * 1e3,
+                "rps": rps,
+                "rps_vs_direct": rps / d_rps,
+                # direct's is the emulator's own cost per request, for scale
+                "cpu_us_per_request": s.cpu / s.done * 1e6 if s.done else None,
+                "latency_requests": len(s.latencies),
+                "throughput_requests": s.done,
+            }
+        out["workloads"][w] = rows
+    if metric_count:
+        out["own_metric_mean_ms"] = metric_sum / metric_count * 1e3
+        seen = [out["workloads"][w]["ours"]["added_mean_ms"] for w in WORKLOADS]
+        out["client_seen_added_mean_ms"] = statistics.fmean(seen)
+    return out
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b <= 0:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def render(res: dict[str, Any]) -> str:
+    lines = [
+        f"Command: `.venv/bin/python {res['command']}`  ",
+        f"Machine: {res['cpus']} CPUs shared by the emulator, the proxy and the load generator. "
+        f"`POST {ROUTE}`, {res['tokens']} tokens, emulator decode step {res['decode_step_ms']:g} ms; "
+        f"latency with 1 client, throughput and CPU with {res['concurrency']} clients.",
+        "",
+    ]
+    for w, rows in res["workloads"].items():
+        lines += [
+            f"### {w}",
+            "",
+            "| target | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | vs direct | CPU µs/req |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, r in rows.items():
+            cpu = r["cpu_us_per_request"]
+            cpu_text = "n/a" if cpu is None else f"{cpu:.0f}" + (" (emulator)" if name == "direct" else "")
+            lines.append(
+                f"| {name} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['added_p50_ms']:+.3f} | "
+                f"{r['added_p99_ms']:+.3f} | {r['rps']:.0f} | {r['rps_vs_direct']:.2f}x | {cpu_text} |"
+            )
+        ours = rows["ours"]
+        for other in ("vllm-router", "nginx"):
+            if other in rows:
+                o = rows[other]
+                lines.append(
+                    f"\nours / {other}: added p50 {ratio(ours['added_p50_ms'], o['added_p50_ms'])}, "
+                    f"added p99 {ratio(ours['added_p99_ms'], o['added_p99_ms'])}, "
+                    f"CPU per request {ratio(ours['cpu_us_per_request'], o['cpu_us_per_request'])}, "
+                    f"throughput {ratio(ours['rps'], o['rps'])}"
+                )
+        lines.append("")
+    if "own_metric_mean_ms" in res:
+        lines.append(
+            f"tgipool_gateway_added_latency_seconds (the gateway's own metric), mean over the latency runs: "
+            f"{res['own_metric_mean_ms']:.3f} ms; added mean the client saw: "
+            f"{res['client_seen_added_mean_ms']:.3f} ms (the metric cannot see the extra loopback hop: the "
+            "kernel's work and the wake-ups before the gateway reads a request and after it answers)."
         )
-    if "nginx" in targets:
-        g50, n50 = pct(lat["gateway"], 0.5) - d50, pct(lat["nginx"], 0.5) - d50
-        g99, n99 = pct(lat["gateway"], 0.99) - d99, pct(lat["nginx"], 0.99) - d99
-        print(
-            f"\ngateway / nginx: added p50 {g50 * 1e3:.3f} / {n50 * 1e3:.3f} ms "
-            f"(x{g50 / n50 if n50 > 0 else float('nan'):.1f}), "
-            f"added p99 {g99 * 1e3:.3f} / {n99 * 1e3:.3f} ms, "
-            f"throughput x{rps['gateway'] / rps['nginx']:.2f}"
-        )
-    print(f"gateway's own overhead histogram: {await gateway_overhead(targets['gateway'])}")
-    print(f"(machine: {os.cpu_count()} CPUs shared by the emulator, the proxies and the load generator)")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=3000, help="latency requests per target")
+    parser.add_argument("--requests", type=int, default=1500, help="latency requests per target and workload")
     parser.add_argument("--concurrency", type=int, default=32, help="clients in the throughput phase")
-    parser.add_argument("--seconds", type=float, default=6.0, help="throughput time per target (all rounds)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--seconds", type=float, default=6.0, help="throughput time per target and workload")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--tokens", type=int, default=4, help="max_tokens of each request")
+    parser.add_argument("--decode-step-ms", type=float, default=0.0, help="the emulator's decode step")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, few requests, 1 s")
+    parser.add_argument("--out", default=str(RESULTS), help="directory for gateway.md and gateway.json")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.requests, args.seconds = 1, 200, 1.0
     nginx = shutil.which("nginx")
     if nginx is None:
-        print("nginx column skipped: `nginx` is not on PATH (install nginx-light to compare; this benchmark "
-              "installs nothing)", file=sys.stderr)  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp, processes(Path(tmp), nginx) as targets:
-        asyncio.run(bench(args, targets))
+        print("nginx skipped: `nginx` is not on PATH (`make bench-deps`)", file=sys.stderr)
+    venv_bin = str(Path(sys.executable).parent)
+    router = shutil.which("vllm-router", path=venv_bin + os.pathsep + os.environ.get("PATH", ""))
+    if router is None:
+        print("vllm-router skipped: not installed (`uv pip install --group bench`)", file=sys.stderr)
+    with (
+        tempfile.TemporaryDirectory(prefix="gwbench-") as tmp,
+        processes(Path(tmp), args, nginx, router) as targets,
+    ):
+        res = asyncio.run(bench(args, targets))
+    text = render(res)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gateway.md").write_text("## Gateway overhead\n\n" + text)
+    (out / "gateway.json").write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
 

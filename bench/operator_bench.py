@@ -1,161 +1,479 @@
-"""Operator convergence and API writes, measured side by side in one run on a real API server.
+"""Operator at scale: time to converge, API writes and memory, against the floor, in one run.
 
-Two operators reconcile the same N pools on the local simulated cluster (or $KUBECONFIG):
-  - tgipool as shipped: a child is server-side applied only when it differs from the cache;
-  - "always apply": the same code with the diff turned off (what many operators do: SSA every
-    child on every reconcile; the API server then drops the no-op, but the request is still made).
-For each: seconds until all N pools are Ready, write requests during convergence, and write
-requests during a restart (every pool resumed, nothing changed). Writes are counted by the API
-server itself (`apiserver_request_total`).
+N pools on a local simulated cluster with M KWOK GPU nodes (`tools/cluster.sh nodes M`), measured
+side by side on the same API server:
+  - floor: no operator. A plain asyncio client server-side applies the pools and every pool's
+    children, rendered by the operator's own pure builders (`build_children`), CONCURRENCY requests
+    at a time, with the one ordering the design imposes (a pool's Deployment, HPA and PDB once its
+    fetch Job has completed), then waits for every Deployment to have a ready replica. It writes no
+    status: the operator's status writes are part of what it is measured for.
+  - operator: `tgipool run` as shipped; the same pools applied by the same client; converged when
+    every pool's Ready condition is True. Then its RSS, then a restart with nothing changed: every
+    pool resumed (kopf logs each), writes counted until 10 s after the last one.
+  - always-apply (--always-apply): the same operator with the diff turned off (SSA every child on
+    every reconcile), to show what the diff saves.
+Writes are counted by the API server itself (`apiserver_request_total`, the resources the operator
+writes: tests/e2e/cluster.py's `write_requests`); the restart's writes are also broken down by
+user agent and resource from the audit log, to say who wrote.
 
-    make cluster-up && .venv/bin/python bench/operator_bench.py --pools 100
+    make cluster-up && .venv/bin/python bench/operator_bench.py --pools 500 --nodes 1000
+    .venv/bin/python bench/operator_bench.py --quick      # smoke: 20 pools, 20 nodes
+Results: bench/results/operator.md and operator.json (--out to change).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
+import re
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from string import Template
+from typing import Any
 
-import yaml
+import aiohttp
+import kubernetes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "operator"))
 from tests.e2e.cluster import kubectl, write_requests  # noqa: E402  (shared API-server helpers)
 
+from tgipool.api.parse import parse_pool  # noqa: E402
+from tgipool.config import DEFAULT_CONFIG  # noqa: E402
+from tgipool.desired import build_children  # noqa: E402
+
+SHIPPED = "from tgipool.cli import main; main(['run'])"
 ALWAYS_APPLY = (
     "import tgipool.handlers.writer as r; r.needs_apply = lambda desired, observed: True; "
     "from tgipool.cli import main; main(['run'])"
 )
-SHIPPED = "from tgipool.cli import main; main(['run'])"
+COMMIT = "5f0b02c75b57c5855da9ae460ce51323ea669d8a"  # prod pools pin a commit (spec.environment)
+CONCURRENCY = 16  # the floor client's requests in flight (the operator's API client pool is as large)
+CONVERGE_TIMEOUT = 900.0
+PLURAL_OF = {
+    "Lease": "leases",
+    "Service": "services",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Job": "jobs",
+    "Deployment": "deployments",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "ModelPool": "modelpools",
+}
 
 
-def nodes(count: int, prefix: str) -> None:
-    tmpl = Template((ROOT / "tools/nodes/node.yaml.tmpl").read_text())
-    docs = [
-        tmpl.substitute(
-            NAME=f"{prefix}-{i}",
-            GPU_COUNT=8,
-            GPU_PRODUCT="NVIDIA-H100-80GB-HBM3",
-            GPU_MEMORY=81559,
-            INSTANCE_TYPE="bench",
-            CPU=96,
-            MEMORY="1Ti",
-        )
-        for i in range(count)
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Api:
+    """A plain asyncio Kubernetes client: server-side apply and LIST, nothing else."""
+
+    def __init__(self, session: aiohttp.ClientSession, host: str, headers: dict[str, str]) -> None:
+        self.session, self.host, self.headers = session, host.rstrip("/"), headers
+
+    @classmethod
+    async def connect(cls) -> Api:
+        conf = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(config_file=os.environ["KUBECONFIG"], client_configuration=conf)
+        ctx = ssl.create_default_context(cafile=conf.ssl_ca_cert)
+        if conf.cert_file:
+            ctx.load_cert_chain(conf.cert_file, conf.key_file)
+        headers = {"User-Agent": "bench-floor"}
+        token = conf.api_key.get("authorization") or conf.api_key.get("BearerToken")
+        if token:
+            headers["Authorization"] = token if token.startswith("Bearer") else f"Bearer {token}"
+        conn = aiohttp.TCPConnector(ssl=ctx, limit=CONCURRENCY)
+        return cls(aiohttp.ClientSession(connector=conn), conf.host, headers)
+
+    @staticmethod
+    def path(manifest: dict[str, Any]) -> str:
+        api, meta = manifest["apiVersion"], manifest["metadata"]
+        prefix = "/api/v1" if api == "v1" else f"/apis/{api}"
+        return f"{prefix}/namespaces/{meta['namespace']}/{PLURAL_OF[manifest['kind']]}/{meta['name']}"
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """One server-side apply; passing trouble (429, 5xx, a cut connection) is retried, as clients do."""
+        url = self.host + self.path(manifest)
+        headers = {**self.headers, "Content-Type": "application/apply-patch+yaml"}
+        params = {"fieldManager": "bench-floor", "force": "true"}
+        for attempt in range(8):
+            try:
+                async with self.session.patch(
+                    url, data=json.dumps(manifest), headers=headers, params=params
+                ) as r:
+                    body = await r.json(content_type=None)
+                    if r.status < 300:
+                        return dict(body)
+                    if r.status not in (409, 429) and r.status < 500:
+                        raise RuntimeError(f"apply {self.path(manifest)}: {r.status} {body.get('message')}")
+            except (aiohttp.ClientError, TimeoutError):
+                if attempt == 7:
+                    raise
+            await asyncio.sleep(0.2 * 2**attempt)
+        raise RuntimeError(f"apply {self.path(manifest)}: no success after 8 attempts")
+
+    async def list(self, api: str, plural: str, ns: str) -> list[dict[str, Any]]:
+        prefix = "/api/v1" if api == "v1" else f"/apis/{api}"
+        async with self.session.get(
+            f"{self.host}{prefix}/namespaces/{ns}/{plural}", headers=self.headers
+        ) as r:
+            r.raise_for_status()
+            return list((await r.json())["items"])
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+async def bounded(jobs: Iterable[Awaitable[Any]], limit: int = CONCURRENCY) -> list[Any]:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(job: Awaitable[Any]) -> Any:
+        async with sem:
+            return await job
+
+    return list(await asyncio.gather(*(one(j) for j in jobs)))
+
+
+def pool_docs(ns: str, n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "tgipool.io/v1alpha1",
+            "kind": "ModelPool",
+            "metadata": {"name": f"p{i:04d}", "namespace": ns},
+            "spec": {
+                "model": {"id": "org/m", "revision": COMMIT, "servedName": f"m{i}"},
+                "profile": "short",
+                "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
+                "replicas": {"min": 1, "max": 2},
+                "cache": {"size": "10Gi"},
+            },
+        }
+        for i in range(n)
     ]
-    kubectl("apply", "-f", "-", input="\n---\n".join(docs))
 
 
-def pools(ns: str, n: int) -> str:
-    docs = []
-    for i in range(n):
-        docs.append(
-            {
-                "apiVersion": "tgipool.io/v1alpha1",
-                "kind": "ModelPool",
-                "metadata": {"name": f"p{i:04d}", "namespace": ns},
-                "spec": {
-                    "model": {"id": "org/m", "servedName": f"m{i}"},
-                    "profile": "short",
-                    "gpu": {"product": "NVIDIA-H100-80GB-HBM3"},
-                    "replicas": {"min": 1, "max": 2},
-                    "cache": {"size": "10Gi"},
-                },
-            }
-        )
-    return yaml.safe_dump_all(docs)
+def _true(obj: dict[str, Any], ctype: str) -> bool:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == ctype and c.get("status") == "True" for c in conds)
 
 
-def ready_count(ns: str) -> int:
-    out = kubectl(
-        "get",
-        "modelpools",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
-    )
-    return out.split().count("True")
+async def wait_until(
+    what: str, check: Callable[[], Awaitable[bool]], t0: float, interval: float = 1.0
+) -> float:
+    """Seconds from t0 until `check` holds (bounded)."""
+    while not await check():
+        if time.monotonic() - t0 > CONVERGE_TIMEOUT:
+            raise SystemExit(f"{what}: not reached after {CONVERGE_TIMEOUT:.0f} s")
+        await asyncio.sleep(interval)
+    return time.monotonic() - t0
 
 
-def total(counts: dict[str, float]) -> float:
-    return sum(counts.values())
+# ---------------------------------------------------------------- floor
 
 
-def run_variant(label: str, code: str, n: int, log_dir: Path) -> dict[str, float]:
-    ns = f"bench-{uuid.uuid4().hex[:5]}"
-    kubectl("create", "namespace", ns)
-    log = (log_dir / f"{label}.log").open("wb")
-    op = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+async def run_floor(api: Api, ns: str, n: int) -> dict[str, float]:
+    before = sum(write_requests().values())
+    t0 = time.monotonic()
+    pools = await bounded(api.apply(doc) for doc in pool_docs(ns, n))
+    # The operator's own renderer; the API server's copy (with its defaults and uid) is what it reads too.
+    children = {p["metadata"]["name"]: build_children(parse_pool(p), DEFAULT_CONFIG) for p in pools}
+
+    async def first(name: str) -> None:
+        c = children[name]
+        for m in (c.demand, c.service, c.cache, c.fetch_job):
+            if m is not None:
+                await api.apply(m)
+
+    await bounded(first(name) for name in children)
+    second_done: set[str] = set()
+
+    async def second(name: str) -> None:
+        c = children[name]
+        for m in (c.deployment, c.hpa, c.pdb):
+            if m is not None:
+                await api.apply(m)
+        second_done.add(name)
+
+    # A pool's Deployment once its fetch Job completed (what the operator's gate does).
+    pending = set(children)
+    while pending:
+        if time.monotonic() - t0 > CONVERGE_TIMEOUT:
+            raise SystemExit("floor: fetch Jobs not complete")
+        jobs = await api.list("batch/v1", "jobs", ns)
+        done = {j["metadata"]["labels"].get("tgipool.io/pool") for j in jobs if _true(j, "Complete")}
+        ready = pending & done
+        pending -= ready
+        if ready:
+            await bounded(second(name) for name in sorted(ready))
+        else:
+            await asyncio.sleep(0.5)
+    applied_s = time.monotonic() - t0
+
+    async def all_ready() -> bool:
+        deps = await api.list("apps/v1", "deployments", ns)
+        return sum(1 for d in deps if ((d.get("status") or {}).get("readyReplicas") or 0) >= 1) >= n
+
+    ready_s = await wait_until("floor", all_ready, t0)
+    await asyncio.sleep(5)
+    return {
+        "children_s": applied_s,
+        "converge_s": ready_s,
+        "converge_writes": sum(write_requests().values()) - before,
+    }
+
+
+# ---------------------------------------------------------------- operator
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Audit:
+    """Write requests in the API server's audit log from a point on (the cluster logs writes only)."""
+
+    def __init__(self) -> None:
+        self.path = ROOT / ".cluster/logs/audit.log"
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def writes(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        if not self.path.exists():
+            return out
+        with self.path.open("rb") as f:
+            if f.seek(0, 2) < self.offset:  # rotated: count what the new file has
+                self.offset = 0
+            f.seek(self.offset)
+            for raw in f:
+                ev = json.loads(raw)
+                ref = ev.get("objectRef") or {}
+                res = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+                agent = (ev.get("userAgent") or "?").split("/")[0].split(" ")[0]
+                out[f"{agent} {ev.get('verb')} {res}"] += 1
+        return out
+
+
+def count_log(path: Path, pattern: str) -> int:
+    return len(re.findall(pattern, path.read_text(errors="replace")))
+
+
+async def run_operator(
+    api: Api, label: str, code: str, ns: str, n: int, log_dir: Path, profile: Path | None, src: Path = ROOT
+) -> dict[str, Any]:
+    """`src`: the checkout whose operator/ runs (another one for a before/after comparison)."""
+    log_path = log_dir / f"{label}.log"
+    env = {**os.environ, "PYTHONPATH": str(src / "operator")}
+    argv = [sys.executable, "-c", code]
+
+    def start() -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+
+    op = start()
+    spy: subprocess.Popen[bytes] | None = None
     try:
-        time.sleep(3)
-        before = total(write_requests())
+        await asyncio.sleep(3)
+        if profile is not None:
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(op.pid), "-o", str(profile),
+                 "-f", "speedscope", "-r", "50", "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        before = sum(write_requests().values())
         t0 = time.monotonic()
-        kubectl("apply", "--server-side", "-f", "-", input=pools(ns, n))
-        while ready_count(ns) < n:
-            if time.monotonic() - t0 > 600:
-                raise SystemExit(f"{label}: not converged after 600 s")
-            time.sleep(1)
-        converge_s = time.monotonic() - t0
-        time.sleep(5)
-        converge_writes = total(write_requests()) - before
+        await bounded(api.apply(doc) for doc in pool_docs(ns, n))
+        seen_children = 0.0
+
+        async def all_ready() -> bool:
+            nonlocal seen_children
+            pools = await api.list("tgipool.io/v1alpha1", "modelpools", ns)
+            if not seen_children:
+                deps = await api.list("apps/v1", "deployments", ns)
+                if len(deps) >= n:
+                    seen_children = time.monotonic() - t0
+            return sum(1 for p in pools if _true(p, "Ready")) >= n
+
+        converge_s = await wait_until(label, all_ready, t0)
+        await asyncio.sleep(5)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(timeout=60)
+            spy = None
+        converge_writes = sum(write_requests().values()) - before
+        rss = rss_mb(op.pid)
+        if os.environ.get("BENCH_RSS_ONLY"):  # a throwaway cluster: no restart, no cleanup
+            log(f"{label}: converged in {converge_s:.1f} s, {converge_writes:.0f} writes, RSS {rss:.0f} MB")
+            ns = ""
+            return {"converge_s": converge_s, "converge_writes": converge_writes, "rss_mb": rss}
         op.terminate()
-        op.wait(timeout=30)
-        # Restart: every pool is resumed; nothing changed, so ideally nothing is written.
-        before = total(write_requests())
-        op = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        op.wait(timeout=60)
+        # Restart: every pool is resumed; nothing changed, so nothing should be written.
+        resumed_before = count_log(log_path, r"Resuming is processed")
+        before_by = write_requests()
+        audit = Audit()
+        op = start()
         t1 = time.monotonic()
-        time.sleep(20)
-        resume_writes = total(write_requests()) - before
+        while count_log(log_path, r"Resuming is processed") - resumed_before < n:
+            if time.monotonic() - t1 > 600:
+                raise SystemExit(f"{label}: not every pool resumed after 600 s")
+            await asyncio.sleep(1)
+        resumed_s = time.monotonic() - t1
+        await asyncio.sleep(10)  # child events and timers after the resumes
+        after_by = write_requests()
+        delta = {k: after_by[k] - before_by.get(k, 0) for k in after_by if after_by[k] != before_by.get(k, 0)}
+        rss_restart = rss_mb(op.pid)
         return {
+            "children_s": seen_children,
             "converge_s": converge_s,
             "converge_writes": converge_writes,
-            "resume_writes": resume_writes,
-            "resume_window_s": time.monotonic() - t1,
+            "rss_mb": rss,
+            "resume_s": resumed_s,
+            "resume_writes": sum(delta.values()),
+            "resume_writes_by_resource": delta,
+            "resume_writes_audit": dict(audit.writes()),
+            "rss_after_restart_mb": rss_restart,
         }
     finally:
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(timeout=60)
+        # With the operator still running: its timers put a finalizer on every pool.
+        if ns:
+            log(f"{label}: deleting {ns}")
+            delete_namespace(ns)
         op.terminate()
-        op.wait(timeout=30)
-        # Wait until the namespace is gone: its deletes must not count against the next variant.
-        kubectl("delete", "namespace", ns, "--timeout=300s", timeout=320)
+        op.wait(timeout=60)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def delete_namespace(ns: str) -> None:
+    # Wait until it is gone: its deletes must not count against the next variant.
+    kubectl("delete", "namespace", ns, "--timeout=600s", timeout=620)
+
+
+async def run_all(args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str, Any]]:
+    api = await Api.connect()
+    results: dict[str, dict[str, Any]] = {}
+    variants = ["floor"] + (["before"] if args.before else []) + ["operator"]
+    variants += ["always-apply"] if args.always_apply else []
+    if args.only:
+        variants = [v for v in variants if v in args.only.split(",")]
+    try:
+        for label in variants:
+            ns = f"bench-{label[:5]}-{uuid.uuid4().hex[:4]}"
+            kubectl("create", "namespace", ns)
+            log(f"{label}: {args.pools} pools in {ns} ...")
+            if label == "floor":
+                try:
+                    results[label] = await run_floor(api, ns, args.pools)
+                finally:
+                    log(f"{label}: deleting {ns}")
+                    delete_namespace(ns)
+            else:
+                code = ALWAYS_APPLY if label == "always-apply" else SHIPPED
+                prof = {"operator": args.profile, "before": args.profile_before}.get(label)
+                src = args.before if label == "before" else ROOT
+                results[label] = await run_operator(api, label, code, ns, args.pools, log_dir, prof, src)
+            shown = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in results[label].items()}
+            log(f"{label}: {shown}")
+    finally:
+        await api.close()
+    return results
+
+
+ROWS = [
+    ("children_s", "seconds until every child exists", "{:.1f}"),
+    ("converge_s", "seconds to converge (all Ready)", "{:.1f}"),
+    ("converge_writes", "writes to converge", "{:.0f}"),
+    ("rss_mb", "operator RSS after converging, MB", "{:.0f}"),
+    ("resume_s", "restart: seconds until all resumed", "{:.1f}"),
+    ("resume_writes", "restart: writes, nothing changed", "{:.0f}"),
+    ("rss_after_restart_mb", "operator RSS after restart, MB", "{:.0f}"),
+]
+
+
+def table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
+    cols = list(results)
+    others = [c for c in cols if c != "floor"] if "floor" in results else []
+    lines = [
+        f"{args.pools} pools on {args.nodes} simulated GPU nodes, one run, same API server "
+        f"(writes counted by the API server; floor: plain SSA client, {CONCURRENCY} in flight)",
+        "",
+        "| | " + " | ".join(cols) + "".join(f" | {c} / floor" for c in others) + " |",
+        "|---|" + "---:|" * (len(cols) + len(others)),
+    ]
+    for key, name, fmt in ROWS:
+        cells = [fmt.format(results[c][key]) if key in results[c] else "-" for c in cols]
+        f = results.get("floor", {}).get(key)
+        ratios = [
+            f"{results[c][key] / f:.2f}x" if f and results[c].get(key) is not None else "" for c in others
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
+    for label in cols:
+        audit = results[label].get("resume_writes_audit")
+        if audit:
+            lines += ["", f"{label}: restart writes by user agent, verb, resource (audit log):", ""]
+            lines += [f"- {k}: {v}" for k, v in sorted(audit.items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pools", type=int, default=100)
+    ap.add_argument("--pools", type=int, default=500)
+    ap.add_argument(
+        "--nodes", type=int, default=1000, help="bulk simulated 8x H100 nodes (tools/cluster.sh nodes)"
+    )
+    ap.add_argument("--quick", action="store_true", help="smoke run: 20 pools on 20 nodes")
+    ap.add_argument("--always-apply", action="store_true", help="also run the operator with the diff off")
+    ap.add_argument(
+        "--before", type=Path, help="also run the operator of this checkout (a worktree of an older commit)"
+    )
+    ap.add_argument("--only", help="run only these variants (comma-separated: floor,before,operator)")
+    ap.add_argument("--profile-before", type=Path, help="py-spy profile of the --before operator")
+    ap.add_argument(
+        "--profile", type=Path, help="py-spy profile of the operator while it converges (speedscope)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "bench/results/operator", help="writes OUT.md and OUT.json"
+    )
+    ap.add_argument("--keep-nodes", action="store_true", help="leave the bulk nodes for the next run")
     args = ap.parse_args()
+    if args.quick:
+        args.pools, args.nodes = 20, 20
     os.environ.setdefault("KUBECONFIG", str(ROOT / ".cluster/kubeconfig"))
     log_dir = Path(tempfile.gettempdir()) / "tgipool-bench"
     log_dir.mkdir(exist_ok=True)
-    prefix = f"bench-gpu-{uuid.uuid4().hex[:4]}"
-    nodes(args.pools // 8 + 2, prefix)
+    log(f"{args.nodes} bulk nodes (tools/cluster.sh nodes {args.nodes}) ...")
+    subprocess.run([str(ROOT / "tools/cluster.sh"), "nodes", str(args.nodes)], check=True)
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     try:
-        results = {}
-        for label, code in (("shipped", SHIPPED), ("always-apply", ALWAYS_APPLY)):
-            print(f"== {label}: {args.pools} pools ...", flush=True)
-            results[label] = run_variant(label, code, args.pools, log_dir)
-            print("   ", {k: round(v, 1) for k, v in results[label].items()}, flush=True)
+        results = asyncio.run(run_all(args, log_dir))
     finally:
-        kubectl("delete", "nodes", "-l", "node.kubernetes.io/instance-type=bench", "--wait=false")
-    s, a = results["shipped"], results["always-apply"]
-    print(f"\n{args.pools} pools, one run, same cluster (writes counted by the API server):")
-    print(f"{'':22}{'shipped':>12}{'always-apply':>14}{'ratio':>8}")
-    for key, name in (
-        ("converge_s", "converge seconds"),
-        ("converge_writes", "writes to converge"),
-        ("resume_writes", "writes on restart"),
-    ):
-        ratio = s[key] / a[key] if a[key] else float("nan")
-        print(f"{name:22}{s[key]:>12.1f}{a[key]:>14.1f}{ratio:>8.2f}")
-    print(f"writes per pool to converge: {s['converge_writes'] / args.pools:.1f} (shipped)")
+        if not args.keep_nodes:
+            subprocess.run([str(ROOT / "tools/cluster.sh"), "nodes", "0"], check=False)
+    text = table(args, results)
+    cmd = "bench/operator_bench.py " + " ".join(sys.argv[1:])
+    print("\n" + text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    args.out.with_suffix(".md").write_text(f"# Operator at scale\n\n`{cmd}` ({when})\n\n{text}\n")
+    payload = {"command": cmd, "when": when, "pools": args.pools, "nodes": args.nodes, "results": results}
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
 

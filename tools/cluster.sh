@@ -24,6 +24,11 @@ Commands:
   down      Delete the cluster, stop the provisioner, remove .cluster/. Leaves no process
             behind. A no-op if nothing is running.
   status    Exit 0 if the cluster answers /readyz, non-zero otherwise.
+  nodes N   Make the number of bulk simulated GPU nodes exactly N (sim-gpu-0 .. sim-gpu-<N-1>, 8x H100
+            each, label node.kubernetes.io/instance-type=sim-bulk, from tools/nodes/node.yaml.tmpl):
+            creates the missing ones and waits until they are Ready, deletes the extra ones. For scale
+            tests (bench/operator_bench.py --nodes 1000); `nodes 0` removes them all. The default
+            cluster has none.
   kind-up   Alternative for machines with a Docker engine and `kind`: kind cluster "tgipool"
             (tools/kind/kind-config.yaml) whose workers get fake nvidia.com/gpu: 8 capacity
             and H100 labels. `down` deletes it too.
@@ -495,6 +500,46 @@ cmd_down() {
   log "cluster tgipool is down, .cluster/ removed ($((SECONDS - t_start))s)"
 }
 
+# Bulk simulated GPU nodes for scale tests (the default cluster stays small: tests rely on it).
+bulk_selector=node.kubernetes.io/instance-type=sim-bulk
+
+cmd_nodes() {
+  local want=${1:-} have i name doc
+  [[ "$want" =~ ^[0-9]+$ ]] || die "usage: tools/cluster.sh nodes COUNT"
+  setup_bin nobuild || die "binaries missing: run 'tools/cluster.sh up' first"
+  answers || die "the cluster is not answering: run 'tools/cluster.sh up' first"
+  have=$(kc get nodes -l "$bulk_selector" -o name | sed -n 's|^node/sim-gpu-\([0-9]*\)$|\1|p' | sort -n)
+  # Extra ones (index >= N) go; deletes are not waited for (KWOK holds no pods' state for them).
+  local extra=()
+  for i in $have; do ((i < want)) || extra+=("sim-gpu-$i"); done
+  if ((want == 0 && ${#extra[@]})); then
+    kc delete nodes -l "$bulk_selector" --wait=false >/dev/null
+    log "deleted ${#extra[@]} bulk node(s)"
+  elif ((${#extra[@]})); then
+    printf '%s\n' "${extra[@]}" | xargs -n 200 "$(kubectl_bin)" --kubeconfig "$kubeconfig" delete node --wait=false >/dev/null
+    log "deleted ${#extra[@]} bulk node(s)"
+  fi
+  ((want > 0)) || return 0
+  local tmpl; tmpl=$(<"$here/nodes/node.yaml.tmpl")
+  doc=$(for ((i = 0; i < want; i++)); do
+    echo "---"
+    NAME=sim-gpu-$i GPU_COUNT=8 GPU_PRODUCT=NVIDIA-H100-80GB-HBM3 GPU_MEMORY=81559 INSTANCE_TYPE=sim-bulk \
+      CPU=96 MEMORY=1Ti envsubst_node "$tmpl"
+  done)
+  kc apply --server-side --field-manager=cluster-sh -f - <<<"$doc" >/dev/null
+  if ! kc wait --for=condition=Ready node -l "$bulk_selector" --timeout=300s >/dev/null; then
+    die "bulk nodes did not become Ready within 300 s (see .cluster/logs/kwok-controller.log)"
+  fi
+  log "$want bulk node(s) Ready ($bulk_selector)"
+}
+
+# The node template with its ${VAR}s filled from the environment (no envsubst needed).
+envsubst_node() {
+  local out=$1 v
+  for v in NAME GPU_COUNT GPU_PRODUCT GPU_MEMORY INSTANCE_TYPE CPU MEMORY; do out=${out//\$\{$v\}/${!v}}; done
+  printf '%s\n' "$out"
+}
+
 cmd_kind_up() {
   lock
   command -v kind >/dev/null || die "kind is not installed (https://kind.sigs.k8s.io/docs/user/quick-start/#installation).
@@ -546,6 +591,7 @@ case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  nodes) cmd_nodes "${2:-}" ;;
   kind-up) cmd_kind_up ;;
   -h|--help|help) usage ;;
   "") usage >&2; exit 2 ;;

@@ -26,10 +26,14 @@ def prometheus_url() -> str:
 
 
 class Load:
-    """`clients` closed-loop clients sending /generate to the pool's pods, round-robin, in a thread."""
+    """`clients` closed-loop clients sending /generate (or, `openai`, /v1/completions: every engine's
+    route) to the pool's pods, round-robin, in a thread."""
 
-    def __init__(self, pool: str, ns: str, clients: int, max_new_tokens: int) -> None:
+    def __init__(
+        self, pool: str, ns: str, clients: int, max_new_tokens: int, openai: str | None = None
+    ) -> None:
         self.pool, self.ns, self.clients, self.tokens = pool, ns, clients, max_new_tokens
+        self.openai = openai  # the served model name, for /v1/completions
         self.done = 0
         self.failed = 0
         self._stop = threading.Event()
@@ -55,9 +59,16 @@ class Load:
                         await asyncio.sleep(0.2)
                         continue
                     n += 1
-                    body = {"inputs": "hello there", "parameters": {"max_new_tokens": self.tokens}}
+                    path = "/generate"
+                    body: dict[str, Any] = {
+                        "inputs": "hello there",
+                        "parameters": {"max_new_tokens": self.tokens},
+                    }
+                    if self.openai is not None:
+                        path = "/v1/completions"
+                        body = {"model": self.openai, "prompt": "hello there", "max_tokens": self.tokens}
                     try:
-                        async with session.post(urls[n % len(urls)] + "/generate", json=body) as resp:
+                        async with session.post(urls[n % len(urls)] + path, json=body) as resp:
                             await resp.read()
                             ok = resp.status == 200
                     except aiohttp.ClientError:

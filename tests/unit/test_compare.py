@@ -6,7 +6,7 @@ import copy
 
 from tgipool.api.modelgateway import ModelGatewayStatus
 from tgipool.api.modelpool import ModelPoolStatus
-from tgipool.handlers.writer import fresher
+from tgipool.handlers.writer import Writer, fresher
 from tgipool.k8s.compare import HASH_ANNOTATION, is_subset, needs_apply, stamped
 from tgipool.status import status_patch
 
@@ -101,3 +101,23 @@ def test_fresher_prefers_the_newer_copy() -> None:
     assert fresher(old, new) is new
     assert fresher(new, old) is new, "a hand edit after our apply wins"
     assert fresher(old, None) is old
+
+
+def test_writer_keeps_an_answer_only_until_the_watch_catches_up() -> None:
+    """The writer's copy of what it wrote is a second copy of the object: kept while the cache is
+    older (so nothing is written twice), dropped once the cache holds that version or a newer one."""
+
+    class Kube:
+        field_manager = "t"
+
+    writer = Writer(Kube())  # type: ignore[arg-type]  (no call reaches the API here)
+    answer = {"kind": "Service", "metadata": {"name": "s", "namespace": "ns", "resourceVersion": "12"}}
+    writer.remember(answer)
+    stale = {"kind": "Service", "metadata": {"name": "s", "namespace": "ns", "resourceVersion": "10"}}
+    assert writer.current("Service", "ns", "s", stale) == answer
+    assert writer.current("Service", "ns", "s", None) == answer
+    assert writer.known("Service", "ns", "s")
+    caught_up = {**answer, "spec": {"x": 1}}
+    assert writer.current("Service", "ns", "s", caught_up) is caught_up
+    assert not writer.known("Service", "ns", "s"), "the answer is dropped once the watch has it"
+    assert writer.current("Service", "ns", "s", stale) is stale

@@ -1,7 +1,8 @@
 """The HPA and PodDisruptionBudget of a pool.
 
 HPA metric names are a contract with the Prometheus adapter rules (README, "Autoscaling metrics"):
-- Pods metric `tgi_queue_size`: TGI's own gauge, averaged over the pool's pods;
+- Pods metric: the engine's own queue gauge, averaged over the pool's pods, under the name the adapter
+  serves it (`engine_metrics.hpa_queue_metric`: `tgi_queue_size`, `vllm_num_requests_waiting`, ...);
 - Object metric `tgipool_request_latency_p95_ms` on the pool's Service: the pool-wide p95.
 """
 
@@ -11,8 +12,8 @@ from tgipool.api.modelpool import ModelPool
 from tgipool.config import OperatorConfig
 from tgipool.desired import names
 from tgipool.manifest import Manifest
+from tgipool.monitoring.engine_metrics import hpa_queue_metric
 
-QUEUE_METRIC = "tgi_queue_size"
 P95_METRIC = "tgipool_request_latency_p95_ms"
 
 
@@ -31,7 +32,7 @@ def build_hpa(pool: ModelPool, cfg: OperatorConfig, max_replicas: int | None = N
         {
             "type": "Pods",
             "pods": {
-                "metric": {"name": QUEUE_METRIC},
+                "metric": {"name": hpa_queue_metric(pool.spec.engine.kind)},
                 "target": {"type": "AverageValue", "averageValue": str(scaling.queue_per_replica)},
             },
         }

@@ -1,4 +1,5 @@
-"""`tgipool emulate`: run one emulated TGI server with launcher-style flags.
+"""`tgipool emulate`: run one emulated TGI server with launcher-style flags (`--engine vllm|sglang`: one
+emulated vLLM or SGLang server instead, see openai_server.py).
 
 Like `text-generation-launcher`, every flag can also come from its UPPER_SNAKE_CASE environment variable
 (`--max-input-tokens` ↔ `MAX_INPUT_TOKENS`), so an emulator pod can take the same env as a TGI pod.
@@ -18,6 +19,7 @@ from typing import Any
 from tgipool.emulator import faults
 from tgipool.emulator.runner import serve_forever
 from tgipool.emulator.settings import EmulatorSettings, SettingsError
+from tgipool.monitoring.engine_metrics import ENGINES
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -47,6 +49,9 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("load-seconds", float, "cold start: /health and generation answer 503 for this long after start"),
     ("tokenizer", str, "path to a tokenizer.json (default: ~4 characters per token approximation)"),
     ("lora-adapters", _csv, "LoRA adapters TGI loads at start: id[@revision] or name=/path, comma-separated"),
+    ("engine", str, "server to emulate: tgi, vllm or sglang (their routes, errors and metric names)"),
+    ("engine-version", str, "engine version whose metric names to export (default: its current one)"),
+    ("served-model-name", str, "vLLM/SGLang: the model name of the OpenAI routes (default: model-id)"),
 ]
 
 
@@ -83,6 +88,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
+    if args.engine not in ENGINES:
+        raise SettingsError(f"unknown engine {args.engine!r}: one of {', '.join(ENGINES)}")
     fields = {flag.replace("-", "_") for flag, _, _ in _FLAGS}
     return EmulatorSettings(**{name: getattr(args, name) for name in fields}).resolved()
 

@@ -13,12 +13,14 @@ import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from tgipool.emulator.dialects import DIALECTS, Dialect
 from tgipool.emulator.errors import IncompleteGenerationError, InferError, OverloadedError, ValidationError
 from tgipool.emulator.loading import LoadPhase
 from tgipool.emulator.metrics import TgiMetrics
+from tgipool.emulator.openai_metrics import EngineMetrics
 from tgipool.emulator.scheduler import Clock, RealClock, Scheduler, Sequence
 from tgipool.emulator.settings import TGI_VERSION, EmulatorSettings
-from tgipool.emulator.tokens import OutputToken, TextSource, load_tokenizer
+from tgipool.emulator.tokens import OutputToken, TextSource, TokenSpan, load_tokenizer
 from tgipool.emulator.validation import GenerateRequest, validate, validate_best_of
 
 StreamItem = dict[str, Any] | InferError
@@ -42,11 +44,23 @@ class Emulator:
         self.metrics = TgiMetrics(self.settings.input_limit, self.settings.total_limit)
         self.clock: Clock = clock or RealClock()
         self.scheduler = Scheduler(self.settings, self.metrics, self.clock)
+        # vLLM / SGLang: their own answers and series on the same recording (TGI's metrics stay internal).
+        self.dialect: Dialect | None = DIALECTS.get(self.settings.engine)
+        self.engine_metrics: EngineMetrics | None = None
+        if self.dialect is not None:
+            sched = self.scheduler
+            self.engine_metrics = EngineMetrics(
+                self.settings.engine,
+                self.settings.version,
+                self.settings.model_name,
+                lambda: (sched.queue_size, sched.batch_size, sched.kv_usage),
+            )
         self.permits_available = self.settings.max_concurrent_requests
         self.load = LoadPhase(self.settings.load_seconds, self.clock)
         self._task: asyncio.Task[None] | None = None
         # The adapter each admitted request ran with (None: the base model), for tests and demos.
         self.adapters_used: list[str | None] = []
+        self._texts: dict[int, str] = dict(self.vocab)
 
     # --- lifecycle ---
     def start(self) -> None:
@@ -84,6 +98,24 @@ class Emulator:
         )
         return info
 
+    def remember_tokens(self, spans: list[TokenSpan]) -> None:
+        """Token texts by id, as /tokenize gave them, so /detokenize can give them back."""
+        for t in spans:
+            self._texts[t.id] = t.text
+
+    def detokenize(self, ids: list[int]) -> str:
+        return "".join(self._texts.get(i, "") for i in ids)
+
+    def response_id(self, prefix: str) -> str:
+        """The `id` of an OpenAI response: TGI leaves it empty."""
+        return self.dialect.response_id(prefix) if self.dialect is not None else ""
+
+    def stream_error(self, err: InferError, chat: bool) -> dict[str, Any]:
+        """An error event inside an OpenAI stream, in the server's shape."""
+        if self.dialect is not None:
+            return self.dialect.error(400 if err.status == 422 else err.status, err.message)
+        return {"error": {"message": err.message, "http_status_code": 422}} if chat else err.to_json()
+
     # --- Infer::generate_stream ---
     def _start(self, request: GenerateRequest, stream: bool) -> Sequence:
         m = self.metrics
@@ -117,6 +149,8 @@ class Emulator:
         """Drop the permit (the OwnedSemaphorePermit going out of scope in TGI)."""
         if not seq.done.is_set():
             seq.cancel()
+            if self.engine_metrics is not None:
+                self.engine_metrics.aborted()
         self.permits_available += 1
 
     async def _generate_one(self, request: GenerateRequest) -> Sequence:
@@ -180,6 +214,16 @@ class Emulator:
         m.observe(m.request_inference_duration, t["inference"])
         m.observe(m.request_mean_time_per_token_duration, t["per_token"])
         m.observe(m.request_generated_tokens, len(seq.tokens))
+        if self.engine_metrics is not None:
+            first = seq.first_token_at if seq.first_token_at is not None else now
+            self.engine_metrics.finished(
+                ttft=first - start,
+                itl=(now - first) / max(len(seq.tokens) - 1, 1),
+                e2e=t["total"],
+                prompt_tokens=seq.request.input_length,
+                generated=len(seq.tokens),
+                reason="length" if seq.finish_reason == "length" else "stop",
+            )
         return t
 
     # --- generate_internal ---

@@ -115,15 +115,15 @@ async def chat_completions(emu: Emulator, request: web.Request, body: Any) -> we
         raw["grammar"] = body["response_format"]
     params = parse_parameters(raw)
     gen = GenerateRequest(inputs=render_chat(messages), parameters=params)
-    model_id = emu.settings.model_id
-    fingerprint = emu.settings.system_fingerprint
+    model_id = emu.settings.model_name
+    fingerprint = emu.settings.system_fingerprint if emu.dialect is None else None
 
     if not stream:
         headers, out = await emu.generate(gen)
         details = out["details"]
         resp = {
             "object": "chat.completion",
-            "id": "",
+            "id": emu.response_id("chatcmpl"),
             "created": int(time.time()),
             "model": model_id,
             "system_fingerprint": fingerprint,
@@ -140,18 +140,19 @@ async def chat_completions(emu: Emulator, request: web.Request, body: Any) -> we
         return web.Response(body=sse.dumps(resp), headers=headers, content_type="application/json")
 
     include_usage = bool((options or {}).get("include_usage", False))
+    stream_id = emu.response_id("chatcmpl")
 
     async def chunks() -> AsyncIterator[bytes]:
         events = emu.generate_stream(gen)
         try:
             async for item in events:
                 if isinstance(item, InferError):
-                    yield sse.event({"error": {"message": item.message, "http_status_code": 422}})
+                    yield sse.event(emu.stream_error(item, chat=True))
                     continue
                 details = item.get("details")
                 chunk: dict[str, Any] = {
                     "object": "chat.completion.chunk",
-                    "id": "",
+                    "id": stream_id,
                     "created": int(time.time()),
                     "model": model_id,
                     "system_fingerprint": fingerprint,
@@ -211,8 +212,8 @@ async def completions(emu: Emulator, request: web.Request, body: Any) -> web.Str
     raw["decoder_input_details"] = not stream
     params = parse_parameters(raw)
     requests = [GenerateRequest(inputs=p, parameters=GenerateParameters(**vars(params))) for p in prompts]
-    model_id = emu.settings.model_id
-    fingerprint = emu.settings.system_fingerprint
+    model_id = emu.settings.model_name
+    fingerprint = emu.settings.system_fingerprint if emu.dialect is None else None
 
     if not stream:
         try:
@@ -248,7 +249,7 @@ async def completions(emu: Emulator, request: web.Request, body: Any) -> web.Str
                 totals[key] = totals.get(key, 0) + int(headers[key])
         resp = {
             "object": "text_completion",
-            "id": "",
+            "id": emu.response_id("cmpl"),
             "created": int(time.time()),
             "model": model_id,
             "system_fingerprint": fingerprint,
@@ -259,18 +260,19 @@ async def completions(emu: Emulator, request: web.Request, body: Any) -> web.Str
         return web.Response(body=sse.dumps(resp), headers=out_headers, content_type="application/json")
 
     merged: asyncio.Queue[bytes | None] = asyncio.Queue()
+    stream_id = emu.response_id("cmpl")
 
     async def pump(index: int, gen: GenerateRequest) -> None:
         events = emu.generate_stream(gen)
         try:
             async for item in events:
                 if isinstance(item, InferError):
-                    await merged.put(sse.event(item.to_json()))
+                    await merged.put(sse.event(emu.stream_error(item, chat=False)))
                     continue
                 details = item.get("details")
                 chunk: dict[str, Any] = {
                     "object": "text_completion",
-                    "id": "",
+                    "id": stream_id,
                     "created": int(time.time()),
                     "model": model_id,
                     "system_fingerprint": fingerprint,

@@ -59,6 +59,7 @@ class Sequence:
     queued_at: float
     stream: bool
     started_at: float | None = None
+    first_token_at: float | None = None  # time to first token, for the engines that export it
     finished_at: float | None = None
     prefilled: int = 0
     tokens: list[OutputToken] = field(default_factory=list)
@@ -112,6 +113,12 @@ class Scheduler:
     @property
     def batch_size(self) -> int:
         return len(self._prefilling) + len(self._running)
+
+    @property
+    def kv_usage(self) -> float:
+        """Share of the batch token budget held by admitted sequences (the KV cache they reserve)."""
+        used = sum(s.budget for s in self._prefilling) + sum(s.budget for s in self._running)
+        return min(1.0, used / self.settings.batch_token_budget)
 
     def submit(self, sequence: Sequence) -> None:
         self._waiting.append(sequence)
@@ -193,6 +200,7 @@ class Scheduler:
             self._prefilling.remove(seq)
             if seq.cancelled:
                 continue
+            seq.first_token_at = now
             if seq._emit(seq.source.next()):
                 self._finish(seq, now)
             else:

@@ -177,9 +177,14 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(settings: EmulatorSettings, clock: Clock | None = None) -> web.Application:
-    """An independent emulated TGI server; its scheduler task runs while the app is running."""
+    """An independent emulated server (TGI, or vLLM / SGLang: `settings.engine`); its scheduler task
+    runs while the app is running."""
+    from tgipool.emulator import openai_server  # it builds on this module
+
     emulator = Emulator(settings, clock)
-    app = web.Application(middlewares=[tgi_middleware], client_max_size=emulator.settings.payload_limit)
+    native = emulator.dialect is None
+    middleware = tgi_middleware if native else openai_server.engine_middleware
+    app = web.Application(middlewares=[middleware], client_max_size=emulator.settings.payload_limit)
     app[EMULATOR_KEY] = emulator
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
@@ -188,6 +193,9 @@ def build_app(settings: EmulatorSettings, clock: Clock | None = None) -> web.App
         await emulator.stop()
 
     app.cleanup_ctx.append(lifecycle)
+    if not native:
+        openai_server.add_routes(app, emulator.settings.engine)
+        return app
     posts: dict[str, Handler] = {
         "/": compat_generate,
         "/generate": generate,

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from tgipool.api.modelpool import EngineKind
+from tgipool.monitoring.engine_metrics import CURRENT_VERSION
+
 TGI_VERSION = "3.3.6-dev0"  # what v3.3.6 and v3.3.7 images report (Cargo.toml was not bumped)
 DEFAULT_MAX_TOTAL_TOKENS = 4096
 DEFAULT_MAX_BATCH_PREFILL_TOKENS = 4096
@@ -61,6 +64,20 @@ class EmulatorSettings:
     docker_label: str | None = None
     # `--lora-adapters` as TGI parses it: `id[@rev]` is known by its id, `name=/path` by its name.
     lora_adapters: tuple[str, ...] = ()
+    # The server emulated: TGI, or vLLM / SGLang (their OpenAI routes, health, errors and metric names,
+    # on the same batching model); the version picks the metric names (engine_metrics.py).
+    engine: EngineKind = "tgi"
+    engine_version: str | None = None  # None: the engine's current version (CURRENT_VERSION)
+    served_model_name: str | None = None  # vLLM/SGLang `--served-model-name`; None: model_id
+
+    @property
+    def version(self) -> str:
+        return self.engine_version or CURRENT_VERSION[self.engine]
+
+    @property
+    def model_name(self) -> str:
+        """The name the OpenAI routes answer to and report."""
+        return self.served_model_name or self.model_id
 
     @property
     def adapter_ids(self) -> frozenset[str]:

@@ -1,8 +1,9 @@
 """`tgipool sim`: a live data plane for the simulated cluster.
 
-KWOK runs no container, so this process runs one emulated TGI for every Running inference pod
-of every ModelPool, on the pod's own address (the sim cluster hands out loopback pod IPs) and
-container port, with the limits from the pod's own TGI args: `curl http://<podIP>:8080/generate`
+KWOK runs no container, so this process runs one emulated server for every Running inference pod
+of every ModelPool (the engine of its `tgipool.io/engine` label: TGI without one; vLLM and SGLang read
+their own launcher flags, see `_INT_FLAGS`), on the pod's own address (the sim cluster hands out
+loopback pod IPs) and container port, with the limits from the pod's own args: `curl http://<podIP>:8080/generate`
 then answers like the TGI the pod would run. Emulators stop when their pod goes. Many fit in one
 process (one event loop, one scheduler task each).
 
@@ -30,6 +31,7 @@ from typing import Any
 import aiohttp
 import kubernetes
 
+from tgipool.api.modelpool import EngineKind
 from tgipool.desired import names
 from tgipool.desired.deployment import WEIGHTS_BYTES_ANNOTATION
 from tgipool.emulator import faults
@@ -38,6 +40,7 @@ from tgipool.emulator.readiness import container_started_at, status_patch
 from tgipool.emulator.runner import EmulatorServer
 from tgipool.emulator.settings import EmulatorSettings
 from tgipool.k8s.client import Kube
+from tgipool.monitoring.engine_metrics import ENGINES
 
 log = logging.getLogger("tgipool.sim")
 
@@ -47,15 +50,71 @@ log = logging.getLogger("tgipool.sim")
 DEFAULT_LOAD_BYTES_PER_SECOND = 2e9
 
 POD_SELECTOR = f"app.kubernetes.io/managed-by={names.MANAGED_BY},{names.COMPONENT_LABEL}={names.SERVER}"
-_INT_FLAGS = {
-    "--max-input-tokens": "max_input_tokens",
-    "--max-total-tokens": "max_total_tokens",
-    "--max-batch-prefill-tokens": "max_batch_prefill_tokens",
-    "--max-concurrent-requests": "max_concurrent_requests",
-    "--max-batch-total-tokens": "max_batch_total_tokens",
-    "--max-batch-size": "max_batch_size",
-    "--port": "port",
+# Each engine's launcher flags the emulator honours -> the EmulatorSettings field they set.
+_INT_FLAGS: dict[str, dict[str, str]] = {
+    "tgi": {
+        "--max-input-tokens": "max_input_tokens",
+        "--max-total-tokens": "max_total_tokens",
+        "--max-batch-prefill-tokens": "max_batch_prefill_tokens",
+        "--max-concurrent-requests": "max_concurrent_requests",
+        "--max-batch-total-tokens": "max_batch_total_tokens",
+        "--max-batch-size": "max_batch_size",
+        "--port": "port",
+    },
+    "vllm": {
+        "--max-model-len": "max_total_tokens",
+        "--max-num-seqs": "max_batch_size",
+        "--max-num-batched-tokens": "max_batch_prefill_tokens",
+        "--port": "port",
+    },
+    "sglang": {
+        "--context-length": "max_total_tokens",
+        "--max-running-requests": "max_batch_size",
+        "--chunked-prefill-size": "max_batch_prefill_tokens",
+        "--max-total-tokens": "max_batch_total_tokens",
+        "--port": "port",
+    },
 }
+_STR_FLAGS: dict[str, dict[str, str]] = {
+    "tgi": {"--model-id": "model_id", "--served-model-name": "served_model_name"},
+    "vllm": {"--model": "model_id", "--served-model-name": "served_model_name"},
+    "sglang": {"--model-path": "model_id", "--served-model-name": "served_model_name"},
+}
+_LORA_FLAGS = {"tgi": "--lora-adapters", "vllm": "--lora-modules", "sglang": "--lora-paths"}
+# vLLM and SGLang queue without a cap: permits the size of a large queue, not TGI's 128.
+_UNCAPPED_CONCURRENCY = 100_000
+
+
+def _flags(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """`--flag=value`, `--flag value` and `--flag v1 v2` (vLLM's lists) -> values; and the positionals."""
+    flags: dict[str, list[str]] = {}
+    positional: list[str] = []
+    current: str | None = None
+    for arg in argv:
+        if arg.startswith("--"):
+            flag, eq, value = arg.partition("=")
+            flags[flag] = [value] if eq else []
+            current = None if eq else flag
+        elif current is not None:
+            flags[current].append(arg)
+        else:
+            positional.append(arg)
+    return flags, positional
+
+
+def engine_of(pod: Mapping[str, Any]) -> EngineKind:
+    """The pod's engine (label `tgipool.io/engine`, set on non-TGI pods only); TGI without it."""
+    value = ((pod.get("metadata") or {}).get("labels") or {}).get(names.ENGINE_LABEL, "tgi")
+    return value if value in ENGINES else "tgi"
+
+
+def _server_container(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The inference server container: the one named `tgi`, else the first with a port named `http`."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    named = next((c for c in containers if c.get("name") == faults.TGI_CONTAINER), None)
+    return named or next(
+        (c for c in containers if any(p.get("name") == "http" for p in c.get("ports") or [])), None
+    )
 
 
 def load_seconds(pod: Mapping[str, Any], bytes_per_second: float) -> float:
@@ -68,7 +127,8 @@ def load_seconds(pod: Mapping[str, Any], bytes_per_second: float) -> float:
 
 def load_left(pod: Mapping[str, Any], seconds: float, now: datetime) -> float:
     """What is left of a load of `seconds` that began when the pod's TGI container started."""
-    started = container_started_at(pod, "tgi")
+    container = _server_container(pod)
+    started = container_started_at(pod, container["name"] if container else faults.TGI_CONTAINER)
     if started is None:
         return seconds
     return min(seconds, max(0.0, seconds - (now - started).total_seconds()))
@@ -78,28 +138,48 @@ def settings_for_pod(
     pod: dict[str, Any], base: EmulatorSettings, load_bytes_per_second: float = 0.0
 ) -> EmulatorSettings | None:
     """The emulator a pod would be: its address, its TGI container's flags and its load time."""
-    status, spec = pod.get("status", {}), pod.get("spec", {})
+    status = pod.get("status", {})
     if (
         pod["metadata"].get("deletionTimestamp")
         or status.get("phase") != "Running"
         or not status.get("podIP")
     ):
         return None
-    container = next((c for c in spec.get("containers", []) if c.get("name") == "tgi"), None)
+    container = _server_container(pod)
     if container is None:
         return None
+    engine = engine_of(pod)
+    flags, positional = _flags([*(container.get("command") or []), *(container.get("args") or [])])
+    # Until an engine's builder renders its own flags its pods carry TGI's: read what the pod says.
+    dialect: EngineKind = "tgi" if "--model-id" in flags else engine
     values: dict[str, Any] = {
         "hostname": status["podIP"],
         "load_seconds": load_seconds(pod, load_bytes_per_second),
+        "engine": engine,
     }
-    for arg in container.get("args", []):
-        flag, _, value = arg.partition("=")
-        if flag in _INT_FLAGS and value.isdigit():
-            values[_INT_FLAGS[flag]] = int(value)
-        elif flag == "--model-id":
-            values["model_id"] = value
-        elif flag == "--lora-adapters":
-            values["lora_adapters"] = tuple(v for v in value.split(",") if v)
+    http = [p.get("containerPort") for p in container.get("ports") or [] if p.get("name") == "http"]
+    if http and isinstance(http[0], int):
+        values["port"] = http[0]
+    if dialect != "tgi":
+        values["max_concurrent_requests"] = _UNCAPPED_CONCURRENCY
+    if dialect == "vllm" and "serve" in positional[:3]:  # `vllm serve MODEL`
+        after = positional[positional.index("serve") + 1 :]
+        if after:
+            values["model_id"] = after[0]
+    int_flags, str_flags = dict(_INT_FLAGS[dialect]), dict(_STR_FLAGS[dialect])
+    if dialect != engine:  # TGI's flags, and the engine's own from extraArgs where TGI has no such flag
+        int_flags = {**{k: v for k, v in _INT_FLAGS[engine].items() if k not in int_flags}, **int_flags}
+        str_flags = {**{k: v for k, v in _STR_FLAGS[engine].items() if k not in str_flags}, **str_flags}
+    for flag, field in int_flags.items():
+        given = flags.get(flag) or []
+        if given and given[0].isdigit():
+            values[field] = int(given[0])
+    for flag, field in str_flags.items():
+        if flags.get(flag):
+            values[field] = flags[flag][0]
+    lora = [v for given in flags.get(_LORA_FLAGS[dialect], []) for v in given.split(",") if v]
+    if lora:
+        values["lora_adapters"] = tuple(lora)
     # A pod annotated sim.tgipool.io/fault fails as TGI would (faults.py): slower, or not listening.
     return faults.served(faults.of_pod(pod), replace(base, **values))
 

@@ -21,9 +21,11 @@ Generation routes (`POST /generate`, `/generate_stream`, `/`, `/v1/chat/completi
    with Retry-After when `queueTimeoutSeconds` passes or the queue already holds `maxQueueLength` requests
    (steps 4-6: `dispatch.py`);
 7. proxy: retries, overload redispatch, streaming and the upstream timeouts (`proxy.py`). The model name
-   TGI gets is always one it expects: a served name becomes `"tgi"` (any other name is a LoRA adapter id
-   to TGI). A model naming a LoRA adapter (`legal`, or `<servedName>/legal`) goes to a pool that loaded it,
-   and TGI gets the adapter's id: as the OpenAI `model` on `/v1/*`, as `parameters.adapter_id` on TGI's
+   a pool gets is always one it expects: a served name becomes `"tgi"` for TGI (any other name is a LoRA
+   adapter id to TGI), stays the served name for vLLM and SGLang (`parsing.upstream_body`). TGI's own
+   routes go to TGI pools only: a model served only by other engines answers 400 `unsupported_route`.
+   A model naming a LoRA adapter (`legal`, or `<servedName>/legal`) goes to a pool that loaded it, and
+   TGI gets the adapter's id: as the OpenAI `model` on `/v1/*`, as `parameters.adapter_id` on TGI's
    routes; an adapter no pool loaded is a 404 (TGI itself would silently answer with the base model).
 
 Every response of a routed request carries `X-TGIPool-Pool: <pool>`. Gateway errors use the route's shape
@@ -37,7 +39,6 @@ tenant only its models). Any other path or method: 404 / 405 in the route's shap
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -49,9 +50,9 @@ from tgipool.gateway import proxy
 from tgipool.gateway.config import GatewayConfig
 from tgipool.gateway.dispatch import dispatch
 from tgipool.gateway.errors import Rejection, bad_request, error_response, render, unauthorized
-from tgipool.gateway.http_server import GatewayRunner
+from tgipool.gateway.http_server import GatewayRunner, arrival
 from tgipool.gateway.overload import add_headers
-from tgipool.gateway.parsing import OPENAI_ROUTES, TGI_ROUTES, adapter_body, environment, parse_request
+from tgipool.gateway.parsing import OPENAI_ROUTES, TGI_ROUTES, environment, parse_request, upstream_body
 from tgipool.gateway.state import Gateway
 from tgipool.gateway.tenants import Tenant
 from tgipool.serving import ListeningApp
@@ -88,8 +89,11 @@ class Handlers:
         if not _json_content_type(request):
             raise bad_request("Expected request with `Content-Type: application/json`", 415)
         try:
-            async with asyncio.timeout(self.gw.config.client_timeout_seconds):
+            if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(self.gw.config.client_timeout_seconds):
+                    raw = await request.read()
         except TimeoutError:
             raise Rejection(
                 408,
@@ -111,7 +115,7 @@ class Handlers:
         return raw, data
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        t0 = time.perf_counter()
+        t0 = arrival(request)
         gw = self.gw
         route = request.path
         try:
@@ -127,13 +131,9 @@ class Handlers:
             if rej.status in (408, 413):
                 resp.force_close()  # the rest of the body is not worth reading
             return resp
-        model = data.get("model")
-        if d.adapter_id is not None:  # a LoRA adapter by name: TGI gets its id
-            body = adapter_body(route, data, d.adapter_id)
-        elif route.startswith("/v1/") and isinstance(model, str) and model != "tgi":
-            # TGI serves its base model as "tgi" and takes any other name for a LoRA adapter id:
-            # the served name clients use must not reach it.
-            body = json.dumps({**data, "model": "tgi"}, separators=(",", ":")).encode()
+        upstream = upstream_body(route, data, d.pool, d.adapter_id)  # the model as the engine knows it
+        if upstream is not None:
+            body = upstream
         stream = route == "/generate_stream" or data.get("stream") is True
         return await proxy.forward(gw, request, route, body, d, t0, stream)
 

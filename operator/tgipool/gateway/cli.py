@@ -18,6 +18,7 @@ import socket
 import sys
 from typing import Any
 
+import uvloop
 from prometheus_client import start_http_server
 
 from tgipool.gateway.app import GatewayServer
@@ -133,13 +134,19 @@ async def serve_cluster(args: argparse.Namespace) -> None:
             await server.stop()
 
 
+def _run(main: Any) -> None:
+    """Run on uvloop: its event loop and transports in C halve the loop's share of each request."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.modelgateway:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_cluster(args))
+            _run(serve_cluster(args))
         return 0
     try:
         config = load_config(args.config)
@@ -147,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.config, config, args.host, args.port, args.metrics_port))
+        _run(serve(args.config, config, args.host, args.port, args.metrics_port))
     return 0
 
 

@@ -53,6 +53,8 @@ async def dispatch(
             raise Rejection(
                 403, f"Tenant {tenant.name} may not use model {parsed.model!r}", "forbidden", "forbidden"
             )
+    if parsed.tgi_route:
+        pools = _tgi_pools(pools, parsed)
     counts: dict[str, list[int]] = {}
     for p in pools:
         if p.counter.key not in counts:
@@ -73,6 +75,21 @@ async def dispatch(
             cost = max(cost, parsed.cost(fallback, await measure(fallback, parsed.texts)))
         _charge(tenant, cost)
     return Dispatch(pool, fallback, sum(n), priority(headers, tenant), adapter_id)
+
+
+def _tgi_pools(pools: list[Pool], parsed: ParsedRequest) -> list[Pool]:
+    """TGI's own routes go to TGI pools only; a model served only by other engines: 400, naming them."""
+    tgi = [p for p in pools if p.tgi_api]
+    if tgi:
+        return tgi
+    served = ", ".join(f"pool {p.name} ({p.engine})" for p in sorted(pools, key=lambda p: p.name))
+    raise Rejection(
+        400,
+        f"Model {pools[0].model!r} is served by {served}: {parsed.route} is TGI's own route, which only "
+        "TGI pools serve; use /v1/chat/completions or /v1/completions",
+        "unsupported_route",
+        "engine_route",
+    )
 
 
 def _charge(tenant: Tenant, cost: int) -> None:
@@ -108,6 +125,7 @@ def _wider(
         for p in pools
         if p.total_limit > pool.total_limit
         and p.environment == pool.environment
+        and p.upstream_model == pool.upstream_model  # the body names the model for the pool's engine
         and p.fits(counts[p.counter.key], max_new)
         and (adapter is None or p.adapters.get(adapter) == pool.adapters[adapter])
     ]
@@ -126,6 +144,8 @@ async def _fallback(
     fb = gw.table.pools.get(target)
     if fb is None or fb.environment != pool.environment:
         return None
+    if fb.upstream_model != pool.upstream_model:
+        return None  # the body names the model as the pool's engine knows it: another engine may not
     if adapter is not None and fb.adapters.get(adapter) != pool.adapters[adapter]:
         return None  # the fallback did not load the adapter under the same id
     if tenant is not None and tenant.pools is not None and fb.name not in tenant.pools:

@@ -10,11 +10,15 @@
   only what kind of problem it was: a malformed `Authorization` line never reaches a log with its key.
 * A client that goes away cancels its handler (`handler_cancellation`): its slot frees and the upstream
   request closes at once (`proxy.py`).
+* Each request carries its arrival time (`arrival(request)`): when the bytes completing its headers
+  reached the connection, before aiohttp parsed them, so the gateway's latency metrics count parsing too.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +29,7 @@ from aiohttp.web_request import BaseRequest
 from tgipool.gateway.errors import Rejection, render
 
 log = logging.getLogger("tgipool.gateway.http")
+ARRIVED = web.RequestKey("tgipool_arrived", float)
 
 _KINDS = {
     "LineTooLong": "a request or header line is too long",
@@ -46,6 +51,20 @@ class GatewayProtocol(RequestHandler):
         # this long so the client sees the answer rather than a reset: bounded like the client itself.
         kwargs["lingering_time"] = min(client_timeout, 2.0)
         super().__init__(manager, **kwargs)
+        self.arrivals: deque[float] = deque()  # one per parsed request not yet handled, in order
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        queued = len(self._messages)
+        super().data_received(data)
+        for _ in range(len(self._messages) - queued):
+            self.arrivals.append(now)
+
+    def arrived(self) -> float:
+        """The arrival of the request being made now (start() has just taken it off the queue)."""
+        while len(self.arrivals) > len(self._messages) + 1:  # messages queued some other way: realign
+            self.arrivals.popleft()
+        return self.arrivals.popleft() if self.arrivals else time.perf_counter()
 
     def handle_error(
         self,
@@ -75,6 +94,15 @@ class _Server(web.Server):
     def __init__(self, *args: Any, client_timeout: Callable[[], float], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.client_timeout = client_timeout
+        make = self.request_factory
+
+        def stamped(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> BaseRequest:
+            request = make(message, payload, protocol, writer, task)
+            if isinstance(protocol, GatewayProtocol):
+                request[ARRIVED] = protocol.arrived()
+            return request
+
+        self.request_factory = stamped
 
     def __call__(self) -> RequestHandler:
         kwargs = {k: v for k, v in self._kwargs.items() if k != "keepalive_timeout"}
@@ -98,3 +126,9 @@ class GatewayRunner(web.AppRunner):
             client_timeout=self._client_timeout,
             **base._kwargs,
         )
+
+
+def arrival(request: BaseRequest) -> float:
+    """When the request reached the gateway (`perf_counter`); now, outside a `GatewayRunner`."""
+    arrived = request.get(ARRIVED)
+    return arrived if arrived is not None else time.perf_counter()

@@ -14,13 +14,19 @@
 | `tgipool_gateway_ttft_seconds` | pool | time to first token: arrival to the first event sent (streams) |
 | `tgipool_gateway_request_seconds` | pool | end to end: arrival to the last byte sent (up to 30 min) |
 | `tgipool_gateway_cold_start_wait_seconds` | pool | time held while a resting pool woke |
-| `tgipool_gateway_added_latency_seconds` | pool | gateway overhead: total time minus upstream time |
+| `tgipool_gateway_added_latency_seconds` | pool | overhead: end to end minus upstream time and waits (below)|
 
 Rejection reasons: unauthorized, forbidden, unknown_model, bad_request, client_timeout (a body slower than
 clientTimeoutSeconds), too_long, rate_limited, too_large_for_quota (over a whole bucket), overloaded (queue
 wait bound passed), queue_full, pool_removed, upstream_error, upstream_timeout (responseTimeoutSeconds),
 stream_idle_timeout (streamIdleTimeoutSeconds), wake_timeout, wake_queue_full. A client that leaves before
 its answer is counted in `requests_total` with code 499.
+
+Times start at the request's arrival: when the bytes completing its headers reached the connection, before
+parsing (`http_server.arrival`), and end at the answer's last byte written. `added_latency_seconds` is what
+the client waits for minus the upstream's own time (from sending the request to the upstream's last byte,
+over all attempts), minus the time queued for an endpoint (`queue_wait_seconds`) and held while a resting
+pool woke (`cold_start_wait_seconds`): the gateway's parsing, tokenizing, routing and relaying.
 """
 
 from __future__ import annotations
@@ -85,7 +91,10 @@ class GatewayMetrics:
             _REQUEST_BUCKETS,
         )
         self.added = per_pool(
-            "added_latency_seconds", "Gateway overhead per request (total minus upstream).", _OVERHEAD_BUCKETS
+            "added_latency_seconds",
+            "Gateway overhead per request: from its arrival (before parsing) to the last byte of the answer "
+            "written, minus the upstream's time (request sent to its last byte) and time queued or held.",
+            _OVERHEAD_BUCKETS,
         )
 
     def render(self) -> bytes:

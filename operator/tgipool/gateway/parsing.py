@@ -60,6 +60,11 @@ class ParsedRequest:
     texts: list[str]
     max_new: int | None  # max_new_tokens as TGI takes it; None: TGI's default (up to the context)
     sequences: int = 1  # sequences generated per prompt (best_of / n)
+    route: str = ""  # the path asked for: TGI's own routes go to TGI pools only
+
+    @property
+    def tgi_route(self) -> bool:
+        return self.route in TGI_ROUTES
 
     def cost(self, pool: Pool, counts: list[int]) -> int:
         """Tokens the request may use on `pool`: each prompt's input plus all it may generate."""
@@ -86,7 +91,8 @@ def parse_request(path: str, data: dict[str, Any], header_model: str | None) -> 
         mt = _count(data, "max_tokens", "max_tokens")
         n = _count(data, "n", "n") or 1
         texts = [chat_text(data.get("messages"))]
-        return ParsedRequest(_model(data, header_model), texts, mct if mct is not None else mt, max(n, 1))
+        max_new = mct if mct is not None else mt
+        return ParsedRequest(_model(data, header_model), texts, max_new, max(n, 1), path)
     if path == "/v1/completions":
         prompt = data.get("prompt")
         texts = [p for p in prompt if isinstance(p, str)] if isinstance(prompt, list) else []
@@ -94,13 +100,14 @@ def parse_request(path: str, data: dict[str, Any], header_model: str | None) -> 
             texts = [prompt]
         sequences = max(_count(data, "n", "n") or 1, _count(data, "best_of", "best_of") or 1)
         max_new = _count(data, "max_tokens", "max_tokens")
-        return ParsedRequest(_model(data, header_model), texts or [""], max_new, sequences)
+        return ParsedRequest(_model(data, header_model), texts or [""], max_new, sequences, path)
     params = data.get("parameters")
     params = params if isinstance(params, dict) else {}
     max_new = _count(params, "max_new_tokens", "parameters.max_new_tokens")
     best_of = _count(params, "best_of", "parameters.best_of", U64) or 1
     inputs = data.get("inputs")
-    return ParsedRequest(header_model, [inputs if isinstance(inputs, str) else ""], max_new, max(best_of, 1))
+    text = inputs if isinstance(inputs, str) else ""
+    return ParsedRequest(header_model, [text], max_new, max(best_of, 1), path)
 
 
 def adapter_body(route: str, data: dict[str, Any], adapter_id: str) -> bytes:
@@ -113,6 +120,20 @@ def adapter_body(route: str, data: dict[str, Any], adapter_id: str) -> bytes:
         params = dict(params) if isinstance(params, dict) else {"do_sample": True}
         data = {**data, "parameters": {**params, "adapter_id": adapter_id}}
     return json.dumps(data, separators=(",", ":")).encode()
+
+
+def upstream_body(route: str, data: dict[str, Any], pool: Pool, adapter_id: str | None) -> bytes | None:
+    """The body the pool's servers get, or None to send the client's bytes as they are: a LoRA adapter
+    by its id; on `/v1/*` the model name the pool's engine answers to (`Pool.upstream_model`: TGI's
+    "tgi", since TGI takes any other name for an adapter id; the served name on vLLM and SGLang)."""
+    if adapter_id is not None:
+        return adapter_body(route, data, adapter_id)
+    model = data.get("model")
+    if not route.startswith("/v1/") or model == pool.upstream_model:
+        return None
+    if pool.tgi_api and not isinstance(model, str):  # absent: TGI's base model already
+        return None
+    return json.dumps({**data, "model": pool.upstream_model}, separators=(",", ":")).encode()
 
 
 async def measure(pool: Pool, texts: list[str]) -> list[int]:

@@ -17,6 +17,7 @@ an endpoint's address: `X-TGIPool-Endpoint` carries its id (`routing.endpoint_id
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -33,6 +34,7 @@ from tgipool.gateway.overload import CAPPED_HEADER, OVERLOAD_HEADER, capped_body
 from tgipool.gateway.routing import Endpoint, Pool
 from tgipool.gateway.state import Gateway
 from tgipool.gateway.streaming import ENDPOINT_HEADER, HOP_BY_HOP, fail, relay, response_headers
+from tgipool.gateway.upstream import UpstreamConnectError, UpstreamResponse
 from tgipool.gateway.wake import COLD_START_HEADER, hold, must_hold, start_held_stream
 
 log = logging.getLogger("tgipool.gateway")
@@ -98,8 +100,9 @@ class _Try:
     exclude: list[Endpoint] = field(default_factory=list)
     retried: bool = False
     redispatches: int = 0
-    upstream_time: float = 0.0
-    queued: float = 0.0
+    upstream_time: float = 0.0  # sending the request to the upstream's last byte, over all attempts
+    waited: float = 0.0  # queued for an endpoint, or held while a resting pool woke
+    pool: str | None = None  # the pool of the last attempt
     deadline: float = 0.0  # the queue's
 
 
@@ -129,20 +132,46 @@ async def _hold(gw: Gateway, pool: Pool, held: web.StreamResponse | None, t0: fl
 async def forward(
     gw: Gateway, request: web.Request, route: str, body: bytes, d: Dispatch, t0: float, stream: bool = False
 ) -> web.StreamResponse:
-    pool = d.pool
+    """The answer to a dispatched request, written to the client; `t0`: its arrival (`http_server.arrival`).
+
+    The answer is written here rather than by aiohttp after the handler returns, so the latency metrics
+    end at its last byte: `added_latency_seconds` is what the client waits for minus the upstream's own
+    time (sending the request to its last byte), the time queued for an endpoint and the time held while
+    a resting pool woke."""
     t = _Try(gw, request, route, body, stream, t0, request_headers(request))
+    try:
+        resp = await _forward(t, d)
+        if not resp.prepared:
+            with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+                await resp.prepare(request)
+                await resp.write_eof()
+        return resp
+    finally:
+        if t.pool is not None:  # an endpoint was tried
+            end = time.perf_counter()
+            m = gw.metrics
+            gw.child(m.upstream, t.pool).observe(t.upstream_time)
+            gw.child(m.added, t.pool).observe(max(0.0, end - t0 - t.upstream_time - t.waited))
+            gw.child(m.request_seconds, t.pool).observe(end - t0)
+
+
+async def _forward(t: _Try, d: Dispatch) -> web.StreamResponse:
+    gw, request, route, pool = t.gw, t.request, t.route, d.pool
     gw.child(gw.metrics.routed, pool.name).inc()
     if must_hold(pool):
-        t.held = await start_held_stream(request, pool.name) if stream else None
+        t.held = await start_held_stream(request, pool.name) if t.stream else None
+        started = time.perf_counter()
         try:
-            t.cold = await _hold(gw, pool, t.held, t0)
+            t.cold = await _hold(gw, pool, t.held, t.t0)
         except Rejection as rej:
             return await fail(gw, route, rej, pool.name, t.held)
+        finally:
+            t.waited += time.perf_counter() - started
     else:
         gw.demand.note(pool)  # a resting-tier pool at work stays awake (rate-limited)
     t.deadline = time.monotonic() + gw.config.queue_timeout_seconds
     if pool.overload == "cap" and pool.cap is not None and not pool.has_room(time.monotonic()):
-        capped = capped_body(route, body, pool.cap)
+        capped = capped_body(route, t.body, pool.cap)
         if capped is not None:
             t.body = capped
             say(request, CAPPED_HEADER, str(pool.cap))
@@ -154,7 +183,7 @@ async def forward(
             )
         except Rejection as rej:
             return await fail(gw, route, rej, pool.name, t.held)
-        t.queued += waited
+        t.waited += waited
         if used is not pool:
             say(request, OVERLOAD_HEADER, pool.overload)
         try:
@@ -174,20 +203,17 @@ async def _attempt(t: _Try, pool: Pool, ep: Endpoint, tokens: int) -> web.Stream
     answer_by = loop.time() + cfg.response_timeout_seconds
     status = CLIENT_GONE  # unless the attempt gets further
     t_up = time.perf_counter()
-    upstream: aiohttp.ClientResponse | None = None
+    upstream: UpstreamResponse | None = None
+    upstream_end: float | None = None  # when its last byte came
     again = counted = False  # counted: `fail` has counted the answer
     try:
         try:
             async with asyncio.timeout_at(answer_by):
-                upstream = await gw.session.request(
-                    t.request.method,
-                    ep.url + route,
-                    data=t.body,
-                    headers=t.headers,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_seconds),
+                upstream = await gw.upstream.request(
+                    t.request.method, ep.url, route, t.body, t.headers.items(), cfg.connect_timeout_seconds
                 )
         except aiohttp.ClientError as exc:  # refused, connect timeout, closed before answering
-            if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            if isinstance(exc, UpstreamConnectError):
                 gw.table.mark_down(ep)
             log.debug("pool %s: endpoint %s failed: %s", pool.name, ep.id, exc)
             status = 502
@@ -225,14 +251,21 @@ async def _attempt(t: _Try, pool: Pool, ep: Endpoint, tokens: int) -> web.Stream
             t.exclude.append(ep)
             raise _Again("status_5xx")
         if is_stream and status < 500:
-            return await relay(gw, t.request, route, upstream, first, pool.name, ep.id, t.t0, t.held, stalled)
+            resp, upstream_end = await relay(
+                gw, t.request, route, upstream, first, pool.name, ep.id, t.t0, t.held, stalled
+            )
+            return resp
         if is_stream:  # a stream that died before its first byte
             closed = Rejection(502, "Upstream closed the stream", "unavailable", "upstream_error")
             counted = True
             return await fail(gw, route, closed, pool.name, t.held)
         try:
-            async with asyncio.timeout_at(answer_by):
+            if upstream.content.is_eof():  # all here already (a small answer): nothing to wait for
                 payload = await upstream.read()
+            else:
+                async with asyncio.timeout_at(answer_by):
+                    payload = await upstream.read()
+            upstream_end = time.perf_counter()
         except TimeoutError:
             counted = True
             return await fail(gw, route, _timed_out(cfg.response_timeout_seconds), pool.name, t.held)
@@ -260,16 +293,11 @@ async def _attempt(t: _Try, pool: Pool, ep: Endpoint, tokens: int) -> web.Stream
                 upstream.release()
             else:
                 upstream.close()
-        end = time.perf_counter()
-        t.upstream_time += end - t_up
+        t.upstream_time += (upstream_end or time.perf_counter()) - t_up
+        t.pool = pool.name
         gw.table.release(ep, tokens)
-        if not again:
-            m = gw.metrics
-            gw.child(m.upstream, pool.name).observe(t.upstream_time)
-            gw.child(m.added, pool.name).observe(max(0.0, end - t.t0 - t.upstream_time - t.queued))
-            gw.child(m.request_seconds, pool.name).observe(end - t.t0)
-            if not counted:
-                gw.done(route, status)
+        if not again and not counted:
+            gw.done(route, status)
 
 
 def _timed_out(seconds: float) -> Rejection:

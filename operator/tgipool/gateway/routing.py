@@ -19,6 +19,10 @@ pool's tokenizer and the request's `max_new_tokens` (`m`):
    gets as much of its generation as any pool can give, exactly as if it had called that TGI directly.
 3. Otherwise 422 with TGI's message naming the largest limit, before any backend sees the request.
 
+Engines (`Route.engine`): every engine serves the OpenAI routes; only TGI serves its own API
+(`/generate`, `/generate_stream`, `/`, `/info`), and only TGI accepts a request that does not fit whole
+(rule 2: vLLM and SGLang refuse `n + m` over the context).
+
 Endpoint choice: the least work in flight (requests, then estimated tokens) among endpoints that are not
 removed, not cooling down after a connect failure or a 429, and below their concurrency limit.
 """
@@ -40,6 +44,8 @@ from tgipool.routes import Route
 log = logging.getLogger("tgipool.gateway")
 DEFAULT_CONCURRENCY = 128  # TGI's --max-concurrent-requests default, until /info says otherwise
 TGI_GENERATION_CHUNK = 1024  # DEFAULT_GENERATION_LENGTH: TGI validates min(max_new_tokens, 1024)
+# Engines that serve TGI's own API (and its /info, where the gateway learns an endpoint's limit).
+TGI_API_ENGINES = frozenset({"tgi"})
 DOWN_SECONDS = 1.0  # an endpoint refusing connections is skipped this long, then tried again
 BUSY_SECONDS = 0.25  # an endpoint that answered 429 is skipped this long (or until one of ours finishes)
 
@@ -131,6 +137,11 @@ class Pool:
         self.spare = route.spare_pool
         self.adapters = route.adapters
         self.counter: TokenCounter = counter_for(route.tokenizer)
+        self.engine = route.engine
+        self.tgi_api = route.engine in TGI_API_ENGINES
+        # The OpenAI `model` the pool's servers answer to: TGI's "tgi" (any other name is an adapter id
+        # to it), else the served name (vLLM and SGLang run with `--served-model-name`).
+        self.upstream_model = "tgi" if self.tgi_api else route.model
 
     # --- fitting ---
     def fits(self, n: int, max_new: int | None) -> bool:
@@ -139,10 +150,14 @@ class Pool:
         return max_new is None or n + max_new <= self.total_limit
 
     def accepts(self, n: int, max_new: int | None) -> bool:
-        """What TGI itself accepts (it validates at most 1024 new tokens at a time)."""
+        """What the server itself accepts (TGI validates at most 1024 new tokens at a time; the other
+        engines the whole request)."""
         if n > self.input_limit:
             return False
-        return max_new is None or n + min(max_new, TGI_GENERATION_CHUNK) <= self.total_limit
+        if max_new is None:
+            return True
+        new = min(max_new, TGI_GENERATION_CHUNK) if self.tgi_api else max_new
+        return n + new <= self.total_limit
 
     # --- endpoints ---
     def pick(self, now: float, exclude: Iterable[Endpoint] = ()) -> Endpoint | None:
@@ -289,9 +304,7 @@ class RoutingTable:
         self.by_model = by_model
         self.default_pool = default_pool if default_pool in new_pools else None
         for ep in new_endpoints.values():
-            if ep.configured_limit is None and not ep.info_requested and self.learn_limit is not None:
-                ep.info_requested = True
-                self.learn_limit(ep)
+            self._learn(ep)
         for pool in new_pools.values():
             pool.dispatch()
 
@@ -355,7 +368,13 @@ class RoutingTable:
     def acquire(self, ep: Endpoint, tokens: int) -> None:
         ep.in_flight += 1
         ep.in_flight_tokens += tokens
-        if ep.configured_limit is None and not ep.info_requested and self.learn_limit is not None:
+        self._learn(ep)
+
+    def _learn(self, ep: Endpoint) -> None:
+        """Read the endpoint's limit from its /info once: a TGI server's (the others have no /info)."""
+        if ep.configured_limit is not None or ep.info_requested or self.learn_limit is None:
+            return
+        if any(p.tgi_api for p in ep.pools):
             ep.info_requested = True
             self.learn_limit(ep)
 

@@ -15,6 +15,7 @@ from tgipool.gateway.metrics import GatewayMetrics
 from tgipool.gateway.parsing import int_or_none
 from tgipool.gateway.routing import Endpoint, Pool, RoutingTable
 from tgipool.gateway.tenants import Tenants
+from tgipool.gateway.upstream import UpstreamClient
 from tgipool.gateway.wake import Demand
 
 log = logging.getLogger("tgipool.gateway")
@@ -27,7 +28,8 @@ class Gateway:
         self.table = RoutingTable()
         self.tenants = Tenants()
         self.metrics = GatewayMetrics()
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # /info
+        self.upstream = UpstreamClient()  # generation requests
         self._tasks: set[asyncio.Task[None]] = set()
         self._depth: dict[str, Any] = {}
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -59,9 +61,12 @@ class Gateway:
             skip_auto_headers=("User-Agent",),
         )
         self.table.learn_limit = self._learn_limit
-        keep_alive = asyncio.create_task(self.demand.keep_alive(self.table))
-        self._tasks.add(keep_alive)
-        keep_alive.add_done_callback(self._tasks.discard)
+        for task in (
+            asyncio.create_task(self.demand.keep_alive(self.table)),
+            asyncio.create_task(self.upstream.sweep_forever()),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         for ep in self.table.endpoints.values():
             if ep.configured_limit is None and not ep.info_requested:
                 ep.info_requested = True
@@ -71,6 +76,7 @@ class Gateway:
         for task in list(self._tasks):
             task.cancel()
         await self.demand.close()
+        self.upstream.close()
         if self.session is not None:
             await self.session.close()
 

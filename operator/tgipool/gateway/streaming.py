@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 
 from tgipool.gateway.errors import POOL_HEADER, Rejection, error_event
 from tgipool.gateway.state import Gateway
+from tgipool.gateway.upstream import UpstreamResponse
 from tgipool.gateway.wake import end_held_stream
 
 log = logging.getLogger("tgipool.gateway")
@@ -47,7 +48,9 @@ class ClientGoneError(Exception):
     """The client stopped reading (clientTimeoutSeconds) or closed the connection."""
 
 
-def response_headers(upstream: aiohttp.ClientResponse, pool: str, endpoint_id: str) -> CIMultiDict[str]:
+def response_headers(
+    upstream: aiohttp.ClientResponse | UpstreamResponse, pool: str, endpoint_id: str
+) -> CIMultiDict[str]:
     headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP)
     headers[POOL_HEADER] = pool
     # Which server answered, by id (never its address): operators trace a slow or failing reply to a pod.
@@ -66,8 +69,17 @@ async def fail(
     return await end_held_stream(held, route, rej)
 
 
-async def _send(resp: web.StreamResponse, data: bytes, seconds: float) -> None:
+# A write that leaves the client's transport buffer under this cannot pause it (asyncio's default high-water
+# mark is 64 KiB), so it cannot wait: it needs no timeout.
+_NEVER_WAITS = 16 * 1024
+
+
+async def _send(request: web.Request, resp: web.StreamResponse, data: bytes, seconds: float) -> None:
+    transport = request.transport
     try:
+        if transport is not None and transport.get_write_buffer_size() + len(data) <= _NEVER_WAITS:
+            await resp.write(data)
+            return
         async with asyncio.timeout(seconds):
             await resp.write(data)
     except (TimeoutError, ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
@@ -78,16 +90,18 @@ async def relay(
     gw: Gateway,
     request: web.Request,
     route: str,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     first: bytes,
     pool: str,
     endpoint_id: str,
     t0: float,
     held: web.StreamResponse | None = None,
     stalled: bool = False,
-) -> web.StreamResponse:
-    """Relay `upstream` (whose first bytes are `first`; `stalled`: none came in time) to the client."""
+) -> tuple[web.StreamResponse, float]:
+    """Relay `upstream` (whose first bytes are `first`; `stalled`: none came in time) to the client;
+    the answer and when the upstream's last byte came (`perf_counter`)."""
     cfg = gw.config
+    last = time.perf_counter()
     idle, client = cfg.stream_idle_timeout_seconds, cfg.client_timeout_seconds
     resp = held
     if resp is None:
@@ -98,15 +112,18 @@ async def relay(
     end: Rejection | None = None
     try:
         if first:
-            await _send(resp, first, client)
+            await _send(request, resp, first, client)
             gw.child(gw.metrics.ttft, pool).observe(time.perf_counter() - t0)
+        content = upstream.content
         try:
-            while not stalled:
+            # Each read takes all the upstream has sent so far: one write per read, however many events.
+            while not stalled and not content.at_eof():
                 async with asyncio.timeout(idle):
-                    chunk = await upstream.content.readany()
+                    chunk = await content.readany()
+                last = time.perf_counter()
                 if not chunk:
                     break
-                await _send(resp, chunk, client)
+                await _send(request, resp, chunk, client)
         except TimeoutError:
             stalled = True
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
@@ -126,7 +143,7 @@ async def relay(
             )
         if end is not None:
             gw.metrics.rejections.labels(end.reason).inc()
-            await _send(resp, error_event(route, end), client)
+            await _send(request, resp, error_event(route, end), client)
         await resp.write_eof()
     except ClientGoneError:
         log.debug("pool %s: the client left a stream", pool)
@@ -134,4 +151,4 @@ async def relay(
             request.transport.abort()  # unread bytes would keep the connection (and its descriptor)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         pass  # the client left at write_eof: nothing more to send
-    return resp
+    return resp, last

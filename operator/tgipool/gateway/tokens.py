@@ -1,4 +1,6 @@
-"""Input token counts for routing.
+"""Input token counts for routing, with each pool's own counter (`Pool.counter`, from its route's
+`tokenizer`), whatever its engine: TGI, vLLM and SGLang all count a prompt with the model's
+tokenizer.json and its special tokens, as `HfCounter` does.
 
 A pool with `tokenizer: path/to/tokenizer.json` counts with HuggingFace `tokenizers`, exactly as the
 emulator's `HfTokenizer` (and TGI) does: `encode(text, add_special_tokens=True)`. Tokenizers are cached by

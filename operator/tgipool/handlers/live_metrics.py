@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import datetime
 import logging
+from collections.abc import Awaitable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -33,6 +35,24 @@ class LiveMetrics:
         self.interval = interval
         self.reading = Reading(values={}, observed_at=_now(), error=None if reader else NO_PROMETHEUS)
         self._task: asyncio.Task[None] | None = None
+        self._round = asyncio.Event()  # set (and replaced) when a round lands: wakes every pool's folder
+
+    def wake(self) -> None:
+        """Wakes everything waiting for the next round (a new reading, or a gateway that came or went)."""
+        event, self._round = self._round, asyncio.Event()
+        event.set()
+
+    async def next_round(self, timeout: float | None, stopped: Awaitable[Any] | None = None) -> None:
+        """Waits for the next round, `timeout` seconds (None: no limit), or `stopped` (a kopf daemon's
+        stopper), whichever comes first."""
+        waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._round.wait())}
+        if stopped is not None:
+            waits.add(asyncio.ensure_future(stopped))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def refresh(self) -> Reading:
         if self.reader is None:
@@ -47,6 +67,7 @@ class LiveMetrics:
                     "Prometheus at %s answers (%d pools with series)", self.reader.url, len(reading.values)
                 )
         self.reading = reading
+        self.wake()
         return reading
 
     async def _run(self) -> None:

@@ -40,7 +40,7 @@ async def _read_once(writer: Writer, manifest: Manifest) -> None:
     if writer.known(kind, meta["namespace"], meta["name"]):
         return
     try:
-        found = await asyncio.to_thread(
+        found = await writer.call(
             writer.kube.get, manifest["apiVersion"], kind, meta["namespace"], meta["name"]
         )
     except ApplyError:
@@ -108,10 +108,6 @@ async def _reconcile_gateway(
     return out
 
 
-def _server_pods(kwargs: Mapping[str, Any], namespace: str) -> list[Manifest]:
-    return [pod for (ns, _pool), store in kwargs["pods_index"].items() if ns == namespace for pod in store]
-
-
 async def _refresh(
     raw: Mapping[str, Any], kwargs: Mapping[str, Any], writer: Writer, logger: kopf.Logger
 ) -> None:
@@ -128,7 +124,7 @@ async def _refresh(
             indexes.gateway_children(kwargs, key),
             writer,
             logger,
-            pods=_server_pods(kwargs, namespace),
+            pods=indexes.server_pods(kwargs, namespace),
         )
     except (kopf.PermanentError, kopf.TemporaryError) as e:
         logger.info("reconcile of gateway %s/%s: %s", *key, e)
@@ -142,14 +138,22 @@ async def gateway_changed(
 ) -> None:
     key = (namespace or "", name)
     children = indexes.gateway_children(kwargs, key)
+    # The namespace's pools look at their routing from now on (see handlers/pool.py's folder).
+    memo.live.wake()
     await reconcile_gateway(
         indexes.slim(body),
         indexes.pools_in(kwargs, key[0]),
         children,
         memo.writer,
         logger,
-        pods=_server_pods(kwargs, key[0]),
+        pods=indexes.server_pods(kwargs, key[0]),
     )
+
+
+# Pool events come in bursts (hundreds of pools converging at once), and each refreshed every gateway of
+# its namespace: a reconcile over all the namespace's pools per pool event, n^2 for n pools. Requests
+# within ROUTES_DEBOUNCE_SECONDS fold into one refresh, made from the caches as they are then.
+ROUTES_DEBOUNCE_SECONDS = 0.5
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="pool_routes_changed")
@@ -157,8 +161,27 @@ async def pool_routes_changed(
     namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """A pool came, went or changed (spec or readiness): refresh the routing tables of its namespace."""
-    for gw in list(kwargs["gateway_index"].get(namespace or "") or []):
-        await _refresh(gw, kwargs, memo.writer, logger)
+    ns = namespace or ""
+    if ns not in kwargs["gateway_index"]:
+        return
+    pending: dict[str, asyncio.Task[None]] = memo.setdefault("routes_pending", {})
+    if ns not in pending:  # one refresh per namespace in the making; the pool's own handlers go on
+        pending[ns] = asyncio.create_task(_refresh_namespace(ns, pending, kwargs, memo.writer, logger))
+
+
+async def _refresh_namespace(
+    ns: str,
+    pending: dict[str, asyncio.Task[None]],
+    kwargs: Mapping[str, Any],
+    writer: Writer,
+    logger: kopf.Logger,
+) -> None:
+    try:
+        await asyncio.sleep(ROUTES_DEBOUNCE_SECONDS)
+    finally:
+        pending.pop(ns, None)  # an event from now on asks for the next refresh
+    for gw in indexes.unpack(kwargs["gateway_index"].get(ns)):  # the indexes are live views
+        await _refresh(gw, kwargs, writer, logger)
 
 
 async def gateway_child_changed(

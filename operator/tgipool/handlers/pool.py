@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from kopf._cogs.structs.references import Selector  # not re-exported by kopf
 
 from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.config import DEFAULT_CONFIG
@@ -22,9 +23,13 @@ from tgipool.monitoring.reader import PrometheusReader
 from tgipool.monitoring.readings import Reading
 from tgipool.options import RunOptions
 
-# How often each pool's timer looks for a new round of the metrics loop (the loop's own interval is
-# --metrics-interval); a timer with nothing new returns at once.
+# How often warm and cold pools (and hot ones in a namespace with a gateway) look at their idle time and
+# routing; new rounds of the metrics loop (--metrics-interval) wake every pool at once.
 TIMER_SECONDS = 3.0
+# (the pool's numbers, the loop's error, the loaded alert groups, the gateways routing it, budget use)
+Folded = tuple[
+    dict[str, float], str | None, frozenset[str] | None, dict[str, frozenset[str]], tuple[int, int] | None
+]
 
 
 @kopf.on.startup()
@@ -42,6 +47,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
+    # Children and pods are watched by our label, filtered by the API server: kopf would otherwise watch
+    # (and keep memory for) every Service, Pod, Job and Lease of the cluster, node heartbeats included.
+    for group, version, plural, _kind in [*indexes.CHILD_KINDS, ("", "v1", "pods", "Pod")]:
+        selector = Selector(group=group, version=version, plural=plural)
+        settings.watching.label_selectors[selector] = f"app.kubernetes.io/managed-by={names.MANAGED_BY}"
     settings.networking.request_timeout = 60
     # An exception that is no answer of the API server (unreachable, connection cut) is passing trouble
     # like a 5xx: retried as soon (kopf's default waits 60 s).
@@ -74,6 +84,9 @@ async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
 async def _reconcile(
     raw: Mapping[str, Any], snap: indexes.Snapshot, memo: kopf.Memo, logger: kopf.Logger, reading: Reading
 ) -> None:
+    key = (raw["metadata"].get("namespace", ""), raw["metadata"]["name"])
+    # Every reconcile folds the round it read: the pool's folder then has nothing to redo.
+    memo.folded[key] = _folded(reading, key, snap.routed_by, snap.budget)
     out = await reconcile(raw, snap, memo.writer, memo.cfg, logger, reading)
     if out.pool is not None:
         # The operator's per-pool gauges follow what this reconcile saw (for the alerts).
@@ -90,31 +103,59 @@ async def pool_changed(
     await _reconcile(indexes.slim(body), snap, memo, logger, memo.live.reading)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
-async def pool_timer(
-    body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+def _folded(
+    reading: Reading, key: indexes.Key, routed: Mapping[str, frozenset[str]], budget: tuple[int, int] | None
+) -> Folded:
+    """What a pool's status takes from the metrics loop and the gateways: its own numbers, the loop's
+    error and the loaded alert rules, the gateways routing it, and a shared GPU budget's use by the other
+    pools. A round that leaves these as they were leaves the pool as it was (observedAt moves only with a
+    value)."""
+    return (dict(reading.of(*key)), reading.error, reading.rule_groups, dict(routed), budget)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=1.0, initial_delay=TIMER_SECONDS)
+async def pool_folder(
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    stopped: kopf.DaemonStopped,
+    **kwargs: Any,
 ) -> None:
     """Folds each new round of the metrics loop and each change of the gateways routing the pool into
     its status, and puts idle warm and cold pools back to rest (all through `reconcile`, which writes
-    only what changed)."""
+    only what changed).
+
+    Event-driven: a hot pool wakes only on a new metrics round (or, in a namespace with a gateway, every
+    TIMER_SECONDS to see its routing), and does nothing when its share of the round is unchanged. Warm
+    and cold pools also wake every TIMER_SECONDS: they rest once their demand is older than
+    activation.idleAfterSeconds, which no event announces. (A kopf timer on every pool every 3 s was a
+    handler run and a log line per pool per tick: CPU in proportion to the pools, all the time.)
+    """
     key = (namespace or "", name)
-    reading = memo.live.reading
-    if body.get("metadata", {}).get("deletionTimestamp"):
-        return
-    snap = indexes.snapshot(kwargs, key)
-    # Hot pools only have something new with a new metrics round or a gateway that now routes them
-    # differently (the checklist's); warm and cold ones also rest once their demand is older than
-    # activation.idleAfterSeconds, which no event announces.
-    last = memo.folded.get(key)
-    # ... or a shared GPU budget whose other pools now hold a different number of GPUs.
-    same = last is not None and last[0] is reading and last[1:] == (snap.routed_by, snap.budget)
-    if same and (body.get("spec") or {}).get("tier", "hot") == "hot":
-        return
-    memo.folded[key] = (reading, snap.routed_by, snap.budget)
-    try:
-        await _reconcile(indexes.slim(body), snap, memo, logger, reading)
-    except (kopf.PermanentError, kopf.TemporaryError) as e:
-        logger.debug("metrics round for %s/%s: %s", *key, e)
+    live: LiveMetrics = memo.live
+    while True:
+        spec = body.get("spec") or {}
+        hot = spec.get("tier", "hot") == "hot"
+        # A shared GPU budget's other pools scale without an event of this pool: look every few seconds.
+        polls = key[0] in kwargs["gateway_index"] or "gpuBudget" in (spec.get("autoscaling") or {})
+        await live.next_round(None if hot and not polls else TIMER_SECONDS, stopped.wait())
+        if stopped or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        reading = live.reading
+        hot = (body.get("spec") or {}).get("tier", "hot") == "hot"
+        raw = indexes.pool(kwargs, key)
+        if raw is None:
+            continue
+        budget = indexes.budget_use(kwargs, key, raw)
+        folded = _folded(reading, key, indexes.routing(kwargs, key), budget)
+        if hot and memo.folded.get(key) == folded:
+            continue
+        try:
+            await _reconcile(raw, indexes.snapshot(kwargs, key), memo, logger, reading)
+        except (kopf.PermanentError, kopf.TemporaryError) as e:
+            logger.debug("metrics round for %s/%s: %s", *key, e)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -136,11 +177,8 @@ async def child_changed(
     key = (namespace or "", labels[names.POOL_LABEL])
     if type == "DELETED":
         memo.writer.forget(body.get("kind", ""), key[0], body["metadata"]["name"])
-    store = kwargs["pool_index"].get(key)
-    if not store:
-        return
-    pool = next(iter(store))
-    if pool["metadata"].get("deletionTimestamp"):
+    pool = indexes.pool(kwargs, key)
+    if pool is None or pool["metadata"].get("deletionTimestamp"):
         return
     try:
         await _reconcile(pool, indexes.snapshot(kwargs, key), memo, logger, memo.live.reading)

@@ -9,15 +9,17 @@ the cached copy: an object we wrote and that nobody changed since is never writt
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import kopf
 from pydantic import BaseModel
 
 from tgipool.api.modelpool import ModelPool
-from tgipool.handlers.indexes import slim
+from tgipool.handlers.indexes import Packed, pack, slim
 from tgipool.k8s import errors
 from tgipool.k8s.client import ApplyError, Kube
 from tgipool.k8s.compare import needs_apply, stamped
@@ -25,6 +27,7 @@ from tgipool.manifest import Manifest
 from tgipool.status import status_patch
 
 Key = tuple[str, str, str]  # kind, namespace, name
+T = TypeVar("T")
 
 
 def event_target(raw: Mapping[str, Any]) -> kopf.Body:
@@ -84,16 +87,32 @@ class Writer:
     """Applies children, deletes them and patches status; remembers the answers (children, and the
     pools and gateways whose status we wrote), and keeps one lock per reconciled object."""
 
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, threads: int = 16) -> None:
         self.kube = kube
-        self._answers: dict[Key, Manifest] = {}
+        # Answers the watch caches have not caught up with yet (and those of kinds we do not watch).
+        self._answers: dict[Key, Packed] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         # Deployments we scaled 0 -> 1, with the resourceVersion they had at 0.
         self._woken: dict[Key, str | None] = {}
+        # The client's calls block: as many threads as it has connections (asyncio's default executor
+        # has cores + 4, which capped the operator's writes in flight well below the API server's pace).
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """One blocking API call in the writer's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args))
 
     def current(self, kind: str, namespace: str, name: str, cached: Manifest | None) -> Manifest | None:
         """What the cluster holds now, as far as we know."""
-        return fresher(cached, self._answers.get((kind, namespace, name)))
+        key = (kind, namespace, name)
+        packed = self._answers.get(key)
+        if packed is None:
+            return cached
+        written = packed.get()
+        if cached is not None and _rv(cached) >= _rv(written):
+            del self._answers[key]  # the watch caught up: no second copy of the object to keep
+            return cached
+        return written
 
     def known(self, kind: str, namespace: str, name: str) -> bool:
         return (kind, namespace, name) in self._answers
@@ -101,7 +120,7 @@ class Writer:
     def remember(self, answer: Manifest) -> None:
         """Keep the API server's answer to a write (or to a read of a kind we do not watch)."""
         meta = answer["metadata"]
-        self._answers[(answer["kind"], meta.get("namespace", ""), meta["name"])] = slim(answer)
+        self._answers[(answer["kind"], meta.get("namespace", ""), meta["name"])] = pack(slim(answer))
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """The object was deleted: the next reconcile must see it missing, whatever we wrote before."""
@@ -116,20 +135,33 @@ class Writer:
         cached: Callable[[str, str], Manifest | None],
         out: Outcome,
     ) -> None:
-        """Server-side applies each manifest that differs from the cluster; refusals go to `out`."""
+        """Server-side applies each manifest that differs from the cluster; refusals go to `out`.
+
+        The applies of one call go out together (no child waits for another's answer: a pod waits for
+        its claim by itself), and land in `out` in the order given."""
+        todo = []
         for manifest in manifests:
             kind, meta = manifest["kind"], manifest["metadata"]
             current = self.current(kind, meta["namespace"], meta["name"], cached(kind, meta["name"]))
-            if not needs_apply(manifest, current):
-                continue
-            try:
-                self.remember(await asyncio.to_thread(self.kube.apply, stamped(manifest)))
-                out.applied.append(f"{kind}/{meta['name']}")
-            except ApplyError as e:
-                if e.status == 422 and kind in RECREATE_WHEN_INVALID and current is not None:
-                    await self._recreate(manifest, out)
-                else:
-                    out.errors.append(e)
+            if needs_apply(manifest, current):
+                todo.append(self._apply_one(manifest, current))
+        for one in await asyncio.gather(*todo):
+            out.applied += one.applied
+            out.deleted += one.deleted
+            out.errors += one.errors
+
+    async def _apply_one(self, manifest: Manifest, current: Manifest | None) -> Outcome:
+        kind, meta = manifest["kind"], manifest["metadata"]
+        out = Outcome()
+        try:
+            self.remember(await self.call(self.kube.apply, stamped(manifest)))
+            out.applied.append(f"{kind}/{meta['name']}")
+        except ApplyError as e:
+            if e.status == 422 and kind in RECREATE_WHEN_INVALID and current is not None:
+                await self._recreate(manifest, out)
+            else:
+                out.errors.append(e)
+        return out
 
     async def _recreate(self, manifest: Manifest, out: Outcome) -> None:
         """A stateless child that a hand edit left in a shape our apply cannot merge back into: made anew."""
@@ -139,7 +171,7 @@ class Writer:
         if len(out.errors) > refused:  # the delete itself was refused: report that, don't re-apply
             return
         try:
-            self.remember(await asyncio.to_thread(self.kube.apply, stamped(manifest)))
+            self.remember(await self.call(self.kube.apply, stamped(manifest)))
             out.applied.append(f"{kind}/{meta['name']} (recreated)")
         except ApplyError as e:
             out.errors.append(e)
@@ -147,9 +179,7 @@ class Writer:
     async def delete(self, child: Manifest, out: Outcome) -> None:
         kind, meta = child["kind"], child["metadata"]
         try:
-            await asyncio.to_thread(
-                self.kube.delete, child["apiVersion"], kind, meta["namespace"], meta["name"]
-            )
+            await self.call(self.kube.delete, child["apiVersion"], kind, meta["namespace"], meta["name"])
         except ApplyError as e:
             out.errors.append(e)
             return
@@ -164,9 +194,7 @@ class Writer:
         if self._woken.get(key) == meta.get("resourceVersion"):
             return
         try:
-            await asyncio.to_thread(
-                self.kube.scale, "apps/v1", "Deployment", meta["namespace"], meta["name"], 1
-            )
+            await self.call(self.kube.scale, "apps/v1", "Deployment", meta["namespace"], meta["name"], 1)
         except ApplyError as e:
             out.errors.append(e)
             return
@@ -182,7 +210,7 @@ class Writer:
         if patch is None:
             return
         try:
-            answer = await asyncio.to_thread(self.kube.patch_status, namespace, name, patch, kind)
+            answer = await self.call(self.kube.patch_status, namespace, name, patch, kind)
         except ApplyError as e:
             raise errors.handler_error([e], f"{kind} {namespace}/{name}") from e
         self.remember(answer)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tgipool.desired.autoscaling import P95_METRIC, QUEUE_METRIC
+from tgipool.desired.autoscaling import P95_METRIC
+from tgipool.monitoring.engine_metrics import ENGINES, hpa_queue_metric, names
 from tgipool.monitoring.promql import POOL_SERIES, pool_queries, quantile_ms
 
 # Record names for each status field: dashboards and alerts read these.
@@ -65,7 +66,8 @@ def rule_groups(window: str = "2m", alert_for: str = "5m") -> dict[str, Any]:
             alert_for,
             "warning",
             "Pool {{ $labels.namespace }}/{{ $labels.pool }}: more than 5% of requests fail",
-            "tgi_request_failure over tgi_request_count is above 5% over the rate window.",
+            "Failed requests (the engine's failure counter: tgipool.monitoring.engine_metrics) are above "
+            "5% of all requests over the rate window.",
         ),
         _alert(
             "TGIPoolQueueGrowing",
@@ -128,27 +130,56 @@ def rule_groups(window: str = "2m", alert_for: str = "5m") -> dict[str, Any]:
     }
 
 
+def _names_regex(names_: list[str]) -> str:
+    return "|".join(names_)
+
+
 def adapter_rules(window: str = "2m") -> list[dict[str, Any]]:
-    """prometheus-adapter `rules`: the two metric names the pools' HPAs ask for."""
-    return [
-        {
-            "seriesQuery": f'{QUEUE_METRIC}{{namespace!="",pod!="",{POOL_SERIES}}}',
-            "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
-            "name": {"matches": f"^{QUEUE_METRIC}$", "as": QUEUE_METRIC},
-            "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
-        },
+    """prometheus-adapter `rules`: the metric names the pools' HPAs ask for.
+
+    One queue rule per engine, named as `engine_metrics.hpa_queue_metric` says (every name the
+    engine's queue gauge had, served under the current one); one p95 rule over every engine's
+    end-to-end histogram (a pool's Service has one engine's series).
+    """
+    rules: list[dict[str, Any]] = []
+    for engine in ENGINES:
+        queue = [m.name for m in names(engine, "queue")]
+        labels = f'namespace!="",pod!="",{POOL_SERIES}'
+        if len(queue) == 1:  # one name: the plain form (TGI's rule as it always was)
+            series, matches = f"{queue[0]}{{{labels}}}", f"^{queue[0]}$"
+        else:
+            series = f'{{__name__=~"^({_names_regex(queue)})$",{labels}}}'
+            matches = f"^({_names_regex(queue)})$"
+        rules.append(
+            {
+                "seriesQuery": series,
+                "resources": {
+                    "overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+                },
+                "name": {"matches": matches, "as": hpa_queue_metric(engine)},
+                "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
+            }
+        )
+    buckets = _names_regex([f"{m.name}_bucket" for e in ENGINES for m in names(e, "e2e")])
+    rules.append(
         {
             # `service` is the pool's Service: the scrape config copies the pool label into it.
-            "seriesQuery": 'tgi_request_duration_bucket{namespace!="",service!=""}',
+            "seriesQuery": f'{{__name__=~"^({buckets})$",namespace!="",service!=""}}',
             "resources": {
                 "overrides": {"namespace": {"resource": "namespace"}, "service": {"resource": "service"}}
             },
-            "name": {"matches": "^tgi_request_duration_bucket$", "as": P95_METRIC},
+            "name": {"matches": f"^({buckets})$", "as": P95_METRIC},
+            # Every engine's buckets by name, not `<<.Series>>`: the adapter keeps one series name per
+            # metric, and the p95 of a pool must read whichever engine it runs.
             "metricsQuery": quantile_ms(
-                0.95, window, by="<<.GroupBy>>", series="<<.Series>>{<<.LabelMatchers>>}"
+                0.95,
+                window,
+                by="<<.GroupBy>>",
+                series=f'{{__name__=~"{buckets}",<<.LabelMatchers>>}}',
             ),
-        },
-    ]
+        }
+    )
+    return rules
 
 
 def adapter_chart_values(window: str = "2m") -> dict[str, Any]:

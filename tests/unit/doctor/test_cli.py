@@ -10,7 +10,7 @@ import pytest
 
 from tgipool import cli
 from tgipool.doctor import cli as doctor_cli
-from tgipool.handlers.indexes import CHILD_KINDS, snapshot
+from tgipool.handlers.indexes import CHILD_KINDS, pack, snapshot
 from tgipool.k8s.client import ApplyError
 from tgipool.monitoring.reader import PrometheusReader
 
@@ -146,7 +146,9 @@ def test_snapshot_finds_the_gateways_that_route_the_pool() -> None:
     kwargs: dict[str, Any] = {f"{plural}_index": {} for _, _, plural, _ in CHILD_KINDS}
     kwargs["pods_index"] = {}
     routed, alone = meta("a", {"tgipool.io/gateway": "main"}), meta("b", {})
-    kwargs["pool_index"] = {("ml", "a"): [routed], ("ml", "b"): [alone], ("other", "c"): [meta("c", {})]}
-    kwargs["gateway_index"] = {"ml": [gw]}
+    pools = {("ml", "a"): routed, ("ml", "b"): alone, ("other", "c"): meta("c", {})}
+    kwargs["pool_index"] = {key: [pack(body)] for key, body in pools.items()}
+    kwargs["pool_names"] = {"ml": ["a", "b"], "other": ["c"]}
+    kwargs["gateway_index"] = {"ml": [pack(gw)]}
     assert snapshot(kwargs, ("ml", "a")).routed_by == {"main": frozenset({"a"})}
     assert snapshot(kwargs, ("ml", "b")).routed_by == {}

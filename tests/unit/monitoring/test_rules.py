@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tgipool.desired.autoscaling import P95_METRIC, QUEUE_METRIC
+from tgipool.desired.autoscaling import P95_METRIC
 from tgipool.monitoring.cli import render_local
+from tgipool.monitoring.engine_metrics import hpa_queue_metric
 from tgipool.monitoring.promql import pool_queries
 from tgipool.monitoring.rules import RECORDS, adapter_rules, rule_groups
 from tgipool.monitoring.scrape import pod_relabel_configs
@@ -19,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_adapter_serves_exactly_the_hpa_metric_names() -> None:
-    assert [r["name"]["as"] for r in adapter_rules()] == [QUEUE_METRIC, P95_METRIC]
-    p95 = adapter_rules("45s")[1]
+    queues = [hpa_queue_metric(e) for e in ("tgi", "vllm", "sglang")]
+    assert [r["name"]["as"] for r in adapter_rules()] == [*queues, P95_METRIC]
+    assert queues == ["tgi_queue_size", "vllm_num_requests_waiting", "sglang_num_queue_reqs"]
+    p95 = adapter_rules("45s")[-1]
     assert "histogram_quantile(0.95" in p95["metricsQuery"] and "[45s]" in p95["metricsQuery"]
     assert p95["resources"]["overrides"]["service"] == {"resource": "service"}
 
