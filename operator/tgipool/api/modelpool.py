@@ -17,10 +17,22 @@ from pydantic.alias_generators import to_camel
 from tgipool.api import rules
 from tgipool.api.budget import GpuBudget
 from tgipool.api.checklist import ChecklistItem
-from tgipool.api.engine import Engine
+from tgipool.api.engine import Engine, EngineKind
 from tgipool.api.profiles import EffectiveLimits, default_slo_p95_ms, effective_limits
 from tgipool.api.routing import SPEC_RULES, Environment, Routing
 from tgipool.api.tiers import EffectiveActivation, effective_activation
+
+# EngineKind lives in api/engine.py; re-exported here for the modules that import it from the pool API.
+__all__ = [
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "VERSION",
+    "EngineKind",
+    "ModelPool",
+    "ModelPoolSpec",
+    "ModelPoolStatus",
+]
 
 GROUP = "tgipool.io"
 VERSION = "v1alpha1"
