@@ -20,12 +20,9 @@ from .conftest import pool_doc
 from .test_gateway import free_port, post, token_kubeconfig
 from .test_metrics import Load, hpa_metrics, replicas
 
-# Batches of 2 in each engine's own flag (the sim reads it, as the engine would); the served name the
-# gateway sends (vLLM and SGLang answer only to it).
-ENGINE_ARGS = {
-    "vllm": ["--max-num-seqs=2", "--served-model-name=llama3"],
-    "sglang": ["--max-running-requests=2", "--served-model-name=llama3"],
-}
+# Batches of 2: limits.maxConcurrentRequests renders each engine's own flag (--max-num-seqs,
+# --max-running-requests), which the sim reads as the engine would; the served name (model.servedName,
+# "llama3") renders --served-model-name, the name the gateway sends.
 
 
 def gateway_process(ns: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -51,7 +48,8 @@ def test_engine_pool_serves_routes_and_scales_on_its_queue(
     doc = pool_doc(
         "busy",
         ns,
-        engine={"kind": engine, "extraArgs": ENGINE_ARGS[engine]},
+        engine={"kind": engine},
+        limits={"maxConcurrentRequests": 2},
         replicas={"min": 1, "max": 3},
         autoscaling={"queuePerReplica": 2, "scaleDownStabilizationSeconds": 10},
     )
