@@ -122,7 +122,10 @@ def route(pool: ModelPool, endpoints: list[str], routed: Mapping[str, Environmen
         engine=pool.spec.engine.kind,
         max_input_tokens=limits.max_input_tokens,
         max_total_tokens=limits.max_total_tokens,
-        max_concurrent_requests=limits.max_concurrent_requests,
+        # TGI refuses (429) past --max-concurrent-requests, so the gateway holds the rest. vLLM and SGLang
+        # render it as their batch size (--max-num-seqs, --max-running-requests) and queue beyond it
+        # themselves: that queue is what their HPA scales on, so the gateway must not hold it back.
+        max_concurrent_requests=limits.max_concurrent_requests if pool.spec.engine.kind == "tgi" else None,
         priority=pool.spec.routing.priority,
         fallback_pool=fallback if fallback != pool.name else None,
         environment=env,

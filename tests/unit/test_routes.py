@@ -126,6 +126,20 @@ PROJECTIONS: list[tuple[str, dict[str, Any], list[str], set[str], dict[str, Any]
         {"fallback_pool": None},
     ),
     ("endpoints as given", {}, ["http://10.0.0.1:8080"], set(), {"endpoints": ["http://10.0.0.1:8080"]}),
+    (
+        "TGI's admission cap holds requests at the gateway",
+        {"limits": {"maxConcurrentRequests": 2}},
+        [],
+        set(),
+        {"engine": "tgi", "max_concurrent_requests": 2},
+    ),
+    (
+        "vLLM queues past its batch itself (its HPA scales on that queue)",
+        {"engine": {"kind": "vllm"}, "limits": {"maxConcurrentRequests": 2}},
+        [],
+        set(),
+        {"engine": "vllm", "max_concurrent_requests": None},
+    ),
 ]
 
 
