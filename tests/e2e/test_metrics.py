@@ -25,6 +25,14 @@ def prometheus_url() -> str:
     return path.read_text().strip()
 
 
+def _http_port(pod: dict[str, Any]) -> int:
+    for c in pod["spec"]["containers"]:
+        for port in c.get("ports") or []:
+            if port.get("name") == "http":
+                return int(port["containerPort"])
+    return 8080
+
+
 class Load:
     """`clients` closed-loop clients sending /generate (or, `openai`, /v1/completions: every engine's
     route) to the pool's pods, round-robin, in a thread."""
@@ -41,7 +49,8 @@ class Load:
 
     def _urls(self) -> list[str]:
         pods = items("pods", self.ns, POD_SELECTOR + self.pool)
-        return [f"http://{p['status']['podIP']}:8080" for p in pods if p["status"].get("podIP")]
+        # Each engine's own port: the container port named `http` (TGI 8080, vLLM 8000, SGLang 30000).
+        return [f"http://{p['status']['podIP']}:{_http_port(p)}" for p in pods if p["status"].get("podIP")]
 
     async def _run(self) -> None:
         urls: list[str] = []
