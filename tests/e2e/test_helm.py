@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .cluster import ROOT, Operator, condition, get, kubectl, wait_for
+from .cluster import ROOT, Operator, add_node, condition, get, kubectl, wait_for
 
 sys.path.insert(0, str(ROOT / "tools"))
 import chart_crds
@@ -222,6 +222,24 @@ def test_install_runs_under_the_restricted_profile(release: dict[str, str]) -> N
 def test_operator_with_the_chart_identity_reconciles_the_examples(
     sa_operator: SAOperator, pools_ns: str
 ) -> None:
+    # Nodes for the GPUs the vLLM and SGLang examples name (the local cluster has H100s only).
+    products = {
+        d["spec"]["gpu"]["product"]
+        for f in sorted((ROOT / "examples").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+        if isinstance(d, dict) and d.get("kind") == "ModelPool" and "product" in d["spec"].get("gpu", {})
+    }
+    extra = [p for p in sorted(products) if not p.startswith("NVIDIA-H100")]
+    for product in extra:
+        add_node(f"helm-{product.lower()}", 8, product)
+    try:
+        _reconcile_the_examples(sa_operator, pools_ns)
+    finally:
+        for product in extra:
+            kubectl("delete", "node", f"helm-{product.lower()}", "--wait=false", check=False)
+
+
+def _reconcile_the_examples(sa_operator: SAOperator, pools_ns: str) -> None:
     kubectl("apply", "--server-side", "--field-manager=e2e", "-n", pools_ns, "-f", str(ROOT / "examples"))
     pools = wait_all_ready(pools_ns)
     assert len(pools) >= 4
