@@ -93,6 +93,18 @@ def body(tokens: int, stream: bool) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate every process, then wait for each (bounded), killing what does not stop."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -198,14 +210,7 @@ def processes(
             targets.append(Target("nginx", f"http://127.0.0.1:{port}", proc.pid))
         yield targets
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
+        stop_all(procs)
 
 
 async def one(session: aiohttp.ClientSession, url: str, payload: bytes) -> None:

@@ -44,7 +44,7 @@ from tgipool.sizing.traffic import Sampler, Traffic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from gateway_bench import free_port  # noqa: E402
+from gateway_bench import free_port, stop_all  # noqa: E402
 
 NGINX_CONF = """
 worker_processes 1;
@@ -211,13 +211,7 @@ def stack(tmp: Path, traffic: Traffic, split: list[PoolLayout], nginx: str) -> I
             targets[name] = f"http://127.0.0.1:{port}"
         yield targets
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 async def wait_ready(urls: list[str], seconds: float = 30.0) -> None:
