@@ -15,7 +15,9 @@ same model (`tgipool.sizing.simulate.capacity`). Three front ends serve each lev
 For each class it prints p95 end-to-end latency, SLO attainment (requests within the class's target,
 errors count as misses) and the simulator's p95 for the same layout beside it; it writes
 `routing.md`, `routing.json` and `routing.png` under --out. Goal (issue 14): at 80% load, short p95 at
-least 3x lower than rr-mixed and long p95 no worse.
+least 3x lower than rr-mixed and long p95 no worse. Whether ANY static split of the same replicas could
+meet it is checked too: every division of the replicas among the classes, in the simulator, against the
+simulated rr-mixed at each load.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import aiohttp
 import yaml
 
 from tgipool.sizing.simulate import PoolLayout, capacity, simulate
-from tgipool.sizing.split import mixed_layout, recommend
+from tgipool.sizing.split import class_layout, compositions, mixed_layout, recommend
 from tgipool.sizing.traffic import Sampler, Traffic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,6 +231,45 @@ async def wait_ready(urls: list[str], seconds: float = 30.0) -> None:
                 await asyncio.sleep(0.2)
 
 
+def every_split(
+    traffic: Traffic, seconds: float, seed: int, warmup: float
+) -> tuple[dict[str, float], list[tuple[tuple[int, ...], dict[str, float]]]]:
+    """The simulated rr-mixed p95 per class, and every static split's (one pool per class, each division of
+    the replicas, the gateway's routing and spill), so the goal's feasibility is answered for all layouts."""
+    rr = simulate(traffic, [mixed_layout(traffic)], seconds, seed, warmup, round_robin=True)
+    out = []
+    for alloc in compositions(traffic.replicas, len(traffic.classes)):
+        layout = [class_layout(c, n) for c, n in zip(traffic.classes, alloc, strict=True)]
+        sim = simulate(traffic, layout, seconds, seed, warmup)
+        out.append((alloc, {name: r.p95 for name, r in sim.items()}))
+    return {name: r.p95 for name, r in rr.items()}, out
+
+
+def feasibility(
+    base: Traffic, cap: float, loads: list[float], seconds: float, seed: int, warmup: float
+) -> list[str]:
+    names = [c.name for c in base.classes]
+    first, last = names[0], names[-1]
+    lines = [
+        f"Every static split in the simulator (replicas per pool: {', '.join(names)}); goal: {first} p95 "
+        f"<= rr-mixed's / 3 and {last} p95 <= rr-mixed's.",
+        "",
+        "| load | layout | " + " | ".join(f"{n} p95 s" for n in names) + " | meets the goal |",
+        "|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for load in loads:
+        rr, splits = every_split(base.scaled(cap * load), seconds, seed, warmup)
+        lines.append(f"| {load:.0%} | rr-mixed | " + " | ".join(f"{rr[n]:.2f}" for n in names) + " | |")
+        for alloc, p95 in splits:
+            ok = p95[first] * 3 <= rr[first] and p95[last] <= rr[last]
+            lines.append(
+                f"| {load:.0%} | {'/'.join(map(str, alloc))} | "
+                + " | ".join(f"{p95[n]:.2f}" for n in names)
+                + f" | {'yes' if ok else 'no'} |"
+            )
+    return lines
+
+
 def plot(rows: list[dict[str, object]], classes: list[str], out: Path) -> None:
     import matplotlib
 
@@ -349,6 +390,8 @@ def main() -> int:
         + "\n".join(lines)
         + "\n\n"
         + "\n".join(verdicts)
+        + "\n\n"
+        + "\n".join(feasibility(base, cap, loads, args.seconds, args.seed, warmup))
         + "\n"
     )
     (out / "routing.md").write_text(text)

@@ -67,7 +67,7 @@ def _alone(traffic: Traffic, c: TrafficClass) -> Traffic:
     )
 
 
-def _layout(c: TrafficClass, replicas: int) -> PoolLayout:
+def class_layout(c: TrafficClass, replicas: int) -> PoolLayout:
     return PoolLayout(c.name, c.max_input, c.max_total, replicas)
 
 
@@ -76,12 +76,12 @@ def mixed_layout(traffic: Traffic) -> PoolLayout:
     return PoolLayout("mixed", widest_in, max(c.max_total for c in traffic.classes), traffic.replicas)
 
 
-def _compositions(n: int, parts: int) -> list[tuple[int, ...]]:
+def compositions(n: int, parts: int) -> list[tuple[int, ...]]:
     """Every way to give `n` replicas to `parts` pools, one at least each (bounded: the CLI's budgets)."""
     if parts == 1:
         return [(n,)]
     return [
-        (first, *rest) for first in range(1, n - parts + 2) for rest in _compositions(n - first, parts - 1)
+        (first, *rest) for first in range(1, n - parts + 2) for rest in compositions(n - first, parts - 1)
     ]
 
 
@@ -98,14 +98,14 @@ def recommend(traffic: Traffic, seconds: float = 60.0, seed: int = 1) -> Recomme
 
     def result(c: TrafficClass, r: int) -> ClassResult:
         if r not in curves[c.name]:
-            curves[c.name][r] = simulate(_alone(traffic, c), [_layout(c, r)], seconds, seed)[c.name]
+            curves[c.name][r] = simulate(_alone(traffic, c), [class_layout(c, r)], seconds, seed)[c.name]
         return curves[c.name][r]
 
     def score(alloc: tuple[int, ...]) -> tuple[float, float]:
         ratios = [result(c, r).p95 / c.p95_seconds for c, r in zip(traffic.classes, alloc, strict=True)]
         return max(ratios), sum(ratios)
 
-    best = min(_compositions(n, len(traffic.classes)), key=score)
+    best = min(compositions(n, len(traffic.classes)), key=score)
     alloc = {c.name: r for c, r in zip(traffic.classes, best, strict=True)}
     pools = []
     for c in traffic.classes:
