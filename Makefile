@@ -83,7 +83,7 @@ bench-deps: install ## nginx and vllm-router (the proxies the gateway bench comp
 
 bench: bench-deps cluster-up ## every benchmark, side by side with its peers; tables and plots in bench/results/
 	@mkdir -p bench/results
-	@for b in bench/*_bench.py bench/gateway_api_requests.py; do echo "== $$b"; \
+	@set -o pipefail; for b in bench/*_bench.py bench/gateway_api_requests.py; do echo "== $$b"; \
 	  $(PY) $$b 2>&1 | tee bench/results/$$(basename $$b .py).txt || exit 1; done
 
 clean: cluster-down ## remove the venv and caches (not the binary cache)
