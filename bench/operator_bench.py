@@ -97,6 +97,37 @@ async def wait_until(
     return time.monotonic() - t0
 
 
+def _rolled_out(d: dict[str, Any]) -> bool:
+    st, want = d.get("status") or {}, (d.get("spec") or {}).get("replicas", 1)
+    return st.get("observedGeneration", 0) >= d["metadata"].get("generation", 1) and all(
+        st.get(k, 0) == want for k in ("replicas", "updatedReplicas", "readyReplicas")
+    )
+
+
+async def wait_still(api: Api, ns: str, label: str, quiet: float = 10.0) -> float:
+    """Seconds until the fleet is still: every HPA at its desired count, every Deployment rolled out, and no
+    write of the kinds the operator writes for `quiet` s. Ready pools still move (HPAs scale new pools up,
+    new pods start); a restart measured before that would count writes that follow real changes."""
+    t0 = time.monotonic()
+    last, since = -1.0, t0
+    while True:
+        total = sum(write_requests().values())
+        hpas = await api.list("autoscaling/v2", "horizontalpodautoscalers", ns)
+        deps = await api.list("apps/v1", "deployments", ns)
+        still = all(
+            (h.get("status") or {}).get("desiredReplicas") == (h.get("status") or {}).get("currentReplicas")
+            for h in hpas
+        ) and all(_rolled_out(d) for d in deps)
+        now = time.monotonic()
+        if total != last or not still:
+            last, since = total, now
+        elif now - since >= quiet:
+            return now - t0
+        if now - t0 > CONVERGE_TIMEOUT:
+            raise SystemExit(f"{label}: the fleet was not still after {CONVERGE_TIMEOUT:.0f} s")
+        await asyncio.sleep(1)
+
+
 # ---------------------------------------------------------------- floor
 
 
@@ -237,6 +268,8 @@ async def run_operator(
             log(f"{label}: converged in {converge_s:.1f} s, {converge_writes:.0f} writes, RSS {rss:.0f} MB")
             ns = ""
             return {"converge_s": converge_s, "converge_writes": converge_writes, "rss_mb": rss}
+        still_s = await wait_still(api, ns, label)
+        log(f"{label}: the fleet is still {still_s:.0f} s after converging; restarting the operator")
         op.terminate()
         op.wait(timeout=60)
         # Restart: every pool is resumed; nothing changed, so nothing should be written.
@@ -259,6 +292,7 @@ async def run_operator(
             "converge_s": converge_s,
             "converge_writes": converge_writes,
             "rss_mb": rss,
+            "still_s": still_s,
             "resume_s": resumed_s,
             "resume_writes": sum(delta.values()),
             "resume_writes_by_resource": delta,
@@ -320,6 +354,7 @@ ROWS = [
     ("converge_s", "seconds to converge (all Ready)", "{:.1f}"),
     ("converge_writes", "writes to converge", "{:.0f}"),
     ("rss_mb", "operator RSS after converging, MB", "{:.0f}"),
+    ("still_s", "seconds from converged to still (HPAs, rollouts, writes)", "{:.1f}"),
     ("resume_s", "restart: seconds until all resumed", "{:.1f}"),
     ("resume_writes", "restart: writes, nothing changed", "{:.0f}"),
     ("rss_after_restart_mb", "operator RSS after restart, MB", "{:.0f}"),
