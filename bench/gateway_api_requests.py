@@ -44,7 +44,10 @@ class CountingProxy:
 
     def __init__(self) -> None:
         conf = kubernetes.client.Configuration()
-        kubernetes.config.load_kube_config(client_configuration=conf)  # type: ignore[no-untyped-call]
+        # By name: the library reads $KUBECONFIG for its default at import, before main() sets it.
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.environ["KUBECONFIG"], client_configuration=conf
+        )
         self.upstream = conf.host.rstrip("/")
         self.ssl = ssl.create_default_context(cafile=conf.ssl_ca_cert)
         if conf.cert_file:
