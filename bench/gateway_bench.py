@@ -382,7 +382,28 @@ def render(res: dict[str, Any]) -> str:
             f"{res['client_seen_added_mean_ms']:.3f} ms (the metric cannot see the extra loopback hop: the "
             "kernel's work and the wake-ups before the gateway reads a request and after it answers)."
         )
+    lines += ["", "Goals (issue 14), per workload:", "", *goals(res)]
     return "\n".join(lines) + "\n"
+
+
+def goals(res: dict[str, Any]) -> list[str]:
+    """Issue 14's gateway goals: CPU per request and added p50 at or below vllm-router's, throughput at
+    `--concurrency` clients at least 0.95x direct."""
+    out = []
+    for w, rows in res["workloads"].items():
+        ours, router = rows["ours"], rows.get("vllm-router")
+        checks = [
+            (f"throughput {ours['rps_vs_direct']:.2f}x direct (goal >= 0.95x)", ours["rps_vs_direct"] >= 0.95)
+        ]
+        if router is not None:
+            for key, label in (("cpu_us_per_request", "CPU per request"), ("added_p50_ms", "added p50")):
+                a, b = ours[key], router[key]
+                if a is not None and b is not None:
+                    checks.append((f"{label} {ratio(a, b)} vllm-router's (goal <= 1x)", a <= b))
+        else:
+            checks.append(("vllm-router not run: its goals are not judged", False))
+        out += [f"- {w}: {text}: {'met' if ok else 'NOT met'}" for text, ok in checks]
+    return out
 
 
 def main() -> int:
