@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tgipool.desired.autoscaling import P95_METRIC
+from tgipool.desired.engines import ENGINE_RENDER
 from tgipool.monitoring.engine_metrics import ENGINES, hpa_queue_metric, names
 from tgipool.monitoring.promql import POOL_SERIES, pool_queries, quantile_ms
 
@@ -50,7 +51,8 @@ def rule_groups(window: str = "2m", alert_for: str = "5m") -> dict[str, Any]:
     """A Prometheus rule file: the pool records, then the alerts that read them."""
     records = [{"record": RECORDS[q.field], "expr": q.expr} for q in pool_queries(window)]
     p95, queue, errors = RECORDS["p95LatencyMs"], RECORDS["queueDepth"], RECORDS["errorRate"]
-    pod = 'container="tgi"'  # the TGI container of a pool pod (kube-state-metrics series)
+    # The engine container of a pool pod, whichever engine (kube-state-metrics series).
+    pod = f'container=~"{"|".join(sorted({r.container for r in ENGINE_RENDER.values()}))}"'
     alerts = [
         _alert(
             "TGIPoolP95AboveSLO",
@@ -91,7 +93,7 @@ def rule_groups(window: str = "2m", alert_for: str = "5m") -> dict[str, Any]:
             f"increase(kube_pod_container_status_restarts_total{{{pod}}}[15m]) > 2",
             "0m",
             "warning",
-            "TGI pod {{ $labels.namespace }}/{{ $labels.pod }} restarts",
+            "Inference server pod {{ $labels.namespace }}/{{ $labels.pod }} restarts",
             "More than 2 restarts in 15 minutes: see `kubectl describe pod`.",
         ),
         _alert(
@@ -99,7 +101,7 @@ def rule_groups(window: str = "2m", alert_for: str = "5m") -> dict[str, Any]:
             f'kube_pod_container_status_last_terminated_reason{{{pod}, reason="OOMKilled"}} == 1',
             "0m",
             "critical",
-            "TGI pod {{ $labels.namespace }}/{{ $labels.pod }} was OOMKilled",
+            "Inference server pod {{ $labels.namespace }}/{{ $labels.pod }} was OOMKilled",
             "Lower the length limits or max_batch_prefill_tokens, quantize, or add shards.",
         ),
         _alert(
