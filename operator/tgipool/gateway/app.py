@@ -30,10 +30,11 @@ Generation routes (`POST /generate`, `/generate_stream`, `/`, `/v1/chat/completi
 
 Every response of a routed request carries `X-TGIPool-Pool: <pool>`. Gateway errors use the route's shape
 (`errors.py`): TGI's `{"error","error_type"}`, OpenAI's `{"error":{...}}` on `/v1/*`. `GET /info` is proxied
-to the `X-Model` (or default) pool; `GET /health` and `GET /` answer 200 while some pool has a usable endpoint
-(no fan-out, no key: probes use it); `GET /metrics` is the gateway's own. With tenants, `/info`,
-`/v1/models` and `/metrics` need a key like generation does (metrics name tenants; the model list shows a
-tenant only its models). Any other path or method: 404 / 405 in the route's shape.
+to the `X-Model` (or default) model's TGI pool (400 `unsupported_route` when only other engines serve it);
+`GET /health` and `GET /` answer 200 while some pool has a usable endpoint (no fan-out, no key: probes use
+it); `GET /metrics` is the gateway's own. With tenants, `/info`, `/v1/models` and `/metrics` need a key like
+generation does (metrics name tenants; the model list shows a tenant only its models). Any other path or
+method: 404 / 405 in the route's shape.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from tgipool import strict_json
 from tgipool.gateway import proxy
 from tgipool.gateway.config import GatewayConfig
-from tgipool.gateway.dispatch import dispatch
+from tgipool.gateway.dispatch import dispatch, tgi_pools
 from tgipool.gateway.errors import Rejection, bad_request, error_response, render, unauthorized
 from tgipool.gateway.http_server import GatewayRunner, arrival
 from tgipool.gateway.overload import add_headers
@@ -149,6 +150,10 @@ class Handlers:
             pools = [p for p in pools if p.name in tenant.pools]
         if not pools:
             return error_response(404, f"No pool serves model {model!r} here", "model_not_found")
+        try:
+            pools = tgi_pools(pools, request.path)  # TGI's own route: other engines answer it with a 404
+        except Rejection as rej:
+            return render(request.path, rej)
         return await proxy.info(self.gw, min(pools, key=lambda p: (p.total_limit, -p.priority, p.name)))
 
     async def health(self, request: web.Request) -> web.StreamResponse:

@@ -54,7 +54,7 @@ async def dispatch(
                 403, f"Tenant {tenant.name} may not use model {parsed.model!r}", "forbidden", "forbidden"
             )
     if parsed.tgi_route:
-        pools = _tgi_pools(pools, parsed)
+        pools = tgi_pools(pools, parsed.route)
     counts: dict[str, list[int]] = {}
     for p in pools:
         if p.counter.key not in counts:
@@ -77,7 +77,7 @@ async def dispatch(
     return Dispatch(pool, fallback, sum(n), priority(headers, tenant), adapter_id)
 
 
-def _tgi_pools(pools: list[Pool], parsed: ParsedRequest) -> list[Pool]:
+def tgi_pools(pools: list[Pool], route: str) -> list[Pool]:
     """TGI's own routes go to TGI pools only; a model served only by other engines: 400, naming them."""
     tgi = [p for p in pools if p.tgi_api]
     if tgi:
@@ -85,7 +85,7 @@ def _tgi_pools(pools: list[Pool], parsed: ParsedRequest) -> list[Pool]:
     served = ", ".join(f"pool {p.name} ({p.engine})" for p in sorted(pools, key=lambda p: p.name))
     raise Rejection(
         400,
-        f"Model {pools[0].model!r} is served by {served}: {parsed.route} is TGI's own route, which only "
+        f"Model {pools[0].model!r} is served by {served}: {route} is TGI's own route, which only "
         "TGI pools serve; use /v1/chat/completions or /v1/completions",
         "unsupported_route",
         "engine_route",

@@ -85,6 +85,14 @@ def test_tgi_routes_go_to_tgi_pools_only() -> None:
                 assert path in body["error"] and "/v1/chat/completions" in body["error"]
             _, _, body = await st.post("/generate", {"inputs": "hi"}, {"X-Model": "mistral"})
             assert "pool mis (vllm)" in body["error"] and "'mistral'" in body["error"]
+            # GET /info is TGI's too: the TGI pool of a model both serve, else the same 400.
+            async with st.session.get(st.url + "/info", headers={"X-Model": "llama3"}) as resp:
+                info = await resp.json()
+                assert resp.status == 200 and info["model_id"] == "org/llama", info
+            async with st.session.get(st.url + "/info", headers={"X-Model": "mistral"}) as resp:
+                info = await resp.json()
+                assert resp.status == 400 and info["error_type"] == "unsupported_route", info
+                assert "pool mis (vllm)" in info["error"] and "/info" in info["error"]
             # Nothing reached the vLLM server.
             assert st.backends["vllm-b"].emulator.metrics.request_count.value() == 0
 
