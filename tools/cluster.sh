@@ -12,9 +12,9 @@ Commands:
             kube-controller-manager, kube-scheduler and kwok-controller as local processes
             (kwokctl --runtime binary, binaries from tools/build.sh). Then creates the fake
             nodes in tools/nodes/*.yaml (4x gpu-h100-N with 8 nvidia.com/gpu, gpu-l4-0 with 2,
-            cpu-0), the default StorageClass tgipool-sim, and starts tools/sim_provisioner.py
-            in the background. KWOK's stages are tools/kwok/stages.yaml: pool TGI pods become
-            Running but not Ready; `tgipool sim` (started in the background too) serves an
+            gpu-l40s-0 with 4, cpu-0), the default StorageClass tgipool-sim, and starts
+            tools/sim_provisioner.py in the background. KWOK's stages are tools/kwok/stages.yaml:
+            pool TGI pods become Running but not Ready; `tgipool sim` (started in the background too) serves an
             emulated TGI on every pool pod's address and, as the kubelet's readiness prober,
             marks the pod Ready once its /health answers (after the weights "load").
             Then the metrics stack: a real Prometheus (built from Go modules,
