@@ -131,8 +131,9 @@ async def wait_still(api: Api, ns: str, label: str, quiet: float = 10.0) -> floa
 # ---------------------------------------------------------------- floor
 
 
-async def run_floor(api: Api, ns: str, n: int) -> dict[str, float]:
+async def run_floor(api: Api, ns: str, n: int) -> dict[str, Any]:
     before = sum(write_requests().values())
+    audit = Audit()
     t0 = time.monotonic()
     pools = await bounded(api.apply(doc) for doc in pool_docs(ns, n))
     # The operator's own renderer; the API server's copy (with its defaults and uid) is what it reads too.
@@ -179,10 +180,17 @@ async def run_floor(api: Api, ns: str, n: int) -> dict[str, float]:
         "children_s": applied_s,
         "converge_s": ready_s,
         "converge_writes": sum(write_requests().values()) - before,
+        "converge_writes_audit": dict(audit.writes()),
     }
 
 
 # ---------------------------------------------------------------- operator
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -243,6 +251,8 @@ async def run_operator(
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             )  # fmt: skip
         before = sum(write_requests().values())
+        cpu0 = cpu_s(op.pid)
+        converge_audit = Audit()
         t0 = time.monotonic()
         await bounded(api.apply(doc) for doc in pool_docs(ns, n))
         seen_children = 0.0
@@ -263,11 +273,18 @@ async def run_operator(
             spy.wait(timeout=60)
             spy = None
         converge_writes = sum(write_requests().values()) - before
-        rss = rss_mb(op.pid)
+        converged_audit = dict(converge_audit.writes())
+        rss, cpu = rss_mb(op.pid), cpu_s(op.pid) - cpu0
         if os.environ.get("BENCH_RSS_ONLY"):  # a throwaway cluster: no restart, no cleanup
             log(f"{label}: converged in {converge_s:.1f} s, {converge_writes:.0f} writes, RSS {rss:.0f} MB")
             ns = ""
-            return {"converge_s": converge_s, "converge_writes": converge_writes, "rss_mb": rss}
+            return {
+                "converge_s": converge_s,
+                "converge_writes": converge_writes,
+                "rss_mb": rss,
+                "converge_cpu_s": cpu,
+                "converge_writes_audit": converged_audit,
+            }
         still_s = await wait_still(api, ns, label)
         log(f"{label}: the fleet is still {still_s:.0f} s after converging; restarting the operator")
         op.terminate()
@@ -291,6 +308,8 @@ async def run_operator(
             "children_s": seen_children,
             "converge_s": converge_s,
             "converge_writes": converge_writes,
+            "converge_writes_audit": converged_audit,
+            "converge_cpu_s": cpu,
             "rss_mb": rss,
             "still_s": still_s,
             "resume_s": resumed_s,
@@ -353,6 +372,7 @@ ROWS = [
     ("children_s", "seconds until every child exists", "{:.1f}"),
     ("converge_s", "seconds to converge (all Ready)", "{:.1f}"),
     ("converge_writes", "writes to converge", "{:.0f}"),
+    ("converge_cpu_s", "operator CPU seconds while converging", "{:.1f}"),
     ("rss_mb", "operator RSS after converging, MB", "{:.0f}"),
     ("still_s", "seconds from converged to still (HPAs, rollouts, writes)", "{:.1f}"),
     ("resume_s", "restart: seconds until all resumed", "{:.1f}"),
@@ -378,12 +398,33 @@ def table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
             f"{results[c][key] / f:.2f}x" if f and results[c].get(key) is not None else "" for c in others
         ]
         lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
+    lines += converge_audit_table(results)
     for label in cols:
         audit = results[label].get("resume_writes_audit")
         if audit:
             lines += ["", f"{label}: restart writes by user agent, verb, resource (audit log):", ""]
             lines += [f"- {k}: {v}" for k, v in sorted(audit.items(), key=lambda kv: -kv[1])]
     return "\n".join(lines)
+
+
+def converge_audit_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Every write while converging (all resources, events and controllers' writes included), by user
+    agent, verb and resource: where a variant's writes above the floor go."""
+    cols = [c for c in results if results[c].get("converge_writes_audit")]
+    if not cols:
+        return []
+    audits = {c: Counter(results[c]["converge_writes_audit"]) for c in cols}
+    keys = sorted(set().union(*audits.values()), key=lambda k: (-max(a[k] for a in audits.values()), k))
+    lines = [
+        "",
+        "writes while converging, by user agent, verb, resource (audit log, every resource):",
+        "",
+        "| user agent, verb, resource | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    lines += [f"| {k} | " + " | ".join(str(audits[c][k]) for c in cols) + " |" for k in keys]
+    lines.append("| total | " + " | ".join(str(sum(audits[c].values())) for c in cols) + " |")
+    return lines
 
 
 def main() -> int:
@@ -410,7 +451,7 @@ def main() -> int:
     if args.quick:
         args.pools, args.nodes = 20, 20
     os.environ.setdefault("KUBECONFIG", str(ROOT / ".cluster/kubeconfig"))
-    log_dir = Path(tempfile.gettempdir()) / "tgipool-bench"
+    log_dir = Path(tempfile.gettempdir()) / f"tgipool-bench-{ROOT.name}"  # one per checkout
     log_dir.mkdir(exist_ok=True)
     log(f"{args.nodes} bulk nodes (tools/cluster.sh nodes {args.nodes}) ...")
     subprocess.run([str(ROOT / "tools/cluster.sh"), "nodes", str(args.nodes)], check=True)

@@ -113,6 +113,22 @@ def status_patch(new: BaseModel, old: Mapping[str, Any]) -> Manifest | None:
     return patch or None
 
 
+def must_write_now(new: BaseModel, old: Mapping[str, Any]) -> bool:
+    """Whether a status change must reach readers at once: the first status, a newly handled
+    generation, another phase, a condition that came, went or turned (True/False/Unknown). A new reason,
+    message, count or number without any of those may wait for the next write."""
+    if not old:
+        return True
+    want = new.model_dump(by_alias=True, exclude_none=True)
+    if any(want.get(k) != old.get(k) for k in ("phase", "observedGeneration")):
+        return True
+
+    def turned(status: Mapping[str, Any]) -> set[tuple[Any, Any]]:
+        return {(c.get("type"), c.get("status")) for c in status.get("conditions") or ()}
+
+    return turned(want) != turned(old)
+
+
 def _job_condition(job: Manifest, ctype: str) -> Manifest | None:
     for c in job.get("status", {}).get("conditions") or []:
         if c.get("type") == ctype and c.get("status") == "True":

@@ -6,6 +6,9 @@ restart already sees every child and writes nothing for children that match.
 Each cached object is kept as compact JSON (`Packed`) and decoded when a reconcile reads it: a
 Deployment is about 4 KB so and 25 KB as Python dicts, and a thousand pools' children as dicts were
 most of the operator's memory. Decoding one pool's children costs well under a millisecond.
+
+The index functions are coroutines: kopf runs a plain function in its thread pool, a hop to a thread
+and back for every watch event of every child.
 """
 
 from __future__ import annotations
@@ -77,18 +80,18 @@ def _key(namespace: str | None, labels: Mapping[str, str]) -> Key:
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def pool_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, Packed]:
+async def pool_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, Packed]:
     return {(namespace or "", name): pack(slim(body))}
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def pool_names(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
+async def pool_names(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
     """Pool names by namespace: a gateway reads its namespace's pools without scanning all of them."""
     return {namespace or "": name}
 
 
 def _register_child_index(group: str, version: str, plural: str, kind: str) -> None:
-    def index(
+    async def index(
         body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
     ) -> dict[Key, Packed]:
         return {_key(namespace, labels): pack(slim(body))}
@@ -102,7 +105,7 @@ for _kind in CHILD_KINDS:
 
 
 @kopf.index("", "v1", "pods", labels={**MANAGED, names.COMPONENT_LABEL: names.SERVER})
-def pods_index(
+async def pods_index(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[Key, Packed]:
     return {
@@ -119,7 +122,7 @@ def pods_index(
 
 
 @kopf.index("", "v1", "pods", labels={**MANAGED, names.COMPONENT_LABEL: names.SERVER})
-def pod_pools(namespace: str | None, labels: Mapping[str, str], **_: Any) -> dict[str, str]:
+async def pod_pools(namespace: str | None, labels: Mapping[str, str], **_: Any) -> dict[str, str]:
     """The pools with inference-server pods, by namespace (a gateway's endpoints)."""
     return {namespace or "": labels[names.POOL_LABEL]}
 
@@ -134,13 +137,13 @@ GATEWAY_CHILD_KINDS = [k for k in CHILD_KINDS if k[3] in ("Service", "Deployment
 
 
 @kopf.index(GROUP, VERSION, GATEWAY_PLURAL)
-def gateway_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Packed]:
+async def gateway_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Packed]:
     """Gateways by namespace: a pool's event refreshes the routing tables of its namespace."""
     return {namespace or "": pack(slim(body))}
 
 
 def _register_gateway_child_index(group: str, version: str, plural: str, kind: str) -> None:
-    def index(
+    async def index(
         body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
     ) -> dict[Key, Packed]:
         return {(namespace or "", labels[GATEWAY_LABEL]): pack(slim(body))}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -13,9 +15,10 @@ from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import names
 from tgipool.handlers import indexes
+from tgipool.handlers.diffbase import MemoryDiffBaseStorage
 from tgipool.handlers.live_metrics import LiveMetrics, PoolGauges
 from tgipool.handlers.peering import announce
-from tgipool.handlers.reconcile import reconcile
+from tgipool.handlers.reconcile import reconcile_latest
 from tgipool.handlers.writer import Writer
 from tgipool.k8s.client import Kube
 from tgipool.k8s.errors import RETRY_DELAY_SECONDS
@@ -37,9 +40,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     """Every kopf setting in one place; the API client is made here, not at import."""
     prefix = "tgipool.io"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=prefix, key="last-handled-configuration"
-    )
+    # The last handled spec in memory, not an annotation: no PATCH of every pool on create (diffbase.py).
+    settings.persistence.diffbase_storage = memo.diffbase = MemoryDiffBaseStorage(prefix)
     settings.persistence.finalizer = f"{prefix}/finalizer"
     # Only warnings from kopf's own logs become Events; our own Events mark real writes.
     settings.posting.level = logging.WARNING
@@ -67,6 +69,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     memo.live.start()
     memo.gauges = PoolGauges()
     memo.folded = {}  # pool key -> the metrics round and gateway routing its status last folded in
+    memo.queued = set()  # pools with a reconcile from the caches waiting to start (`_refresh`)
+    memo.settling = {}  # pool key -> the timer of its waiting status change (`_settle_later`)
     if opts.metrics_port:
         from prometheus_client import start_http_server
 
@@ -79,18 +83,108 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
 @kopf.on.cleanup()
 async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
     await memo.live.stop()
+    for task in list(memo.settling.values()):
+        task.cancel()
+
+
+# A status change no reader must see at once (a message, a count) waits until this long after the
+# pool's last status write (`Writer.write_status`), and child events within CHILD_DEBOUNCE_SECONDS fold
+# into one reconcile: while children come up, their watch events come in bursts.
+SETTLE_SECONDS = 5.0
+CHILD_DEBOUNCE_SECONDS = 0.3
 
 
 async def _reconcile(
-    raw: Mapping[str, Any], snap: indexes.Snapshot, memo: kopf.Memo, logger: kopf.Logger, reading: Reading
+    key: indexes.Key,
+    load: Callable[[], Mapping[str, Any] | None],
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    kwargs: Mapping[str, Any],
 ) -> None:
-    key = (raw["metadata"].get("namespace", ""), raw["metadata"]["name"])
-    # Every reconcile folds the round it read: the pool's folder then has nothing to redo.
-    memo.folded[key] = _folded(reading, key, snap.routed_by, snap.budget)
-    out = await reconcile(raw, snap, memo.writer, memo.cfg, logger, reading)
+    """Reconciles the pool `load` returns once the pool's lock is ours (None: gone), with its children
+    from the caches as they are then."""
+
+    def loaded() -> tuple[Mapping[str, Any], indexes.Snapshot] | None:
+        raw = load()
+        if raw is None:
+            return None
+        snap = indexes.snapshot(kwargs, key)
+        # Every reconcile folds the round it reads: the pool's folder then has nothing to redo.
+        memo.folded[key] = _folded(memo.live.reading, key, snap.routed_by, snap.budget)
+        return raw, snap
+
+    def reading() -> Reading:
+        return memo.live.reading  # type: ignore[no-any-return]
+
+    out = await reconcile_latest(key, loaded, memo.writer, memo.cfg, logger, reading, SETTLE_SECONDS)
+    if out is None:
+        return
     if out.pool is not None:
         # The operator's per-pool gauges follow what this reconcile saw (for the alerts).
         memo.gauges.set(out.pool, out.replicas)
+    if out.status_due is not None:
+        _settle_later(key, out.status_due, kwargs, memo, logger)
+
+
+def _live_pool(kwargs: Mapping[str, Any], key: indexes.Key) -> Callable[[], Mapping[str, Any] | None]:
+    def load() -> Mapping[str, Any] | None:
+        raw = indexes.pool(kwargs, key)
+        return None if raw is None or raw["metadata"].get("deletionTimestamp") else raw
+
+    return load
+
+
+async def _refresh(
+    key: indexes.Key,
+    kwargs: Mapping[str, Any],
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    delay: float = CHILD_DEBOUNCE_SECONDS,
+) -> None:
+    """A reconcile from the caches, asked by an event of another object (a child, a settle timer). While
+    one waits for the pool, further requests are part of it: it reads the caches once it runs."""
+    queued: set[indexes.Key] = memo.queued
+    if key in queued:
+        return
+    queued.add(key)
+    load_pool, taken = _live_pool(kwargs, key), False
+
+    def load() -> Mapping[str, Any] | None:
+        nonlocal taken
+        queued.discard(key)  # from here on, an event asks for the next reconcile
+        taken = True
+        return load_pool()
+
+    try:
+        await asyncio.sleep(delay)
+        await _reconcile(key, load, memo, logger, kwargs)
+    except (kopf.PermanentError, kopf.TemporaryError) as e:
+        # The pool's own handler retries; a child event only refreshes.
+        logger.info("reconcile of %s/%s from a child event: %s", *key, e)
+    finally:
+        if not taken:
+            queued.discard(key)
+
+
+def _settle_later(
+    key: indexes.Key, due: float, kwargs: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logger
+) -> None:
+    """One reconcile of the pool when its waiting status change is due (one timer per pool)."""
+    timers: dict[indexes.Key, asyncio.Task[None]] = memo.settling
+    if key in timers:
+        return
+
+    async def later() -> None:
+        try:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+        finally:
+            timers.pop(key, None)
+        try:
+            await _refresh(key, kwargs, memo, logger, delay=0.0)
+        except Exception:  # a task nobody awaits: say what failed
+            logger.exception("status of %s/%s", *key)
+
+    timers[key] = asyncio.create_task(later(), name=f"tgipool-settle-{key[0]}/{key[1]}")
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -99,8 +193,7 @@ async def _reconcile(
 async def pool_changed(
     body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    snap = indexes.snapshot(kwargs, (namespace or "", name))
-    await _reconcile(indexes.slim(body), snap, memo, logger, memo.live.reading)
+    await _reconcile((namespace or "", name), lambda: indexes.slim(body), memo, logger, kwargs)
 
 
 def _folded(
@@ -143,17 +236,16 @@ async def pool_folder(
         await live.next_round(None if hot and not polls else TIMER_SECONDS, stopped.wait())
         if stopped or body.get("metadata", {}).get("deletionTimestamp"):
             return
-        reading = live.reading
         hot = (body.get("spec") or {}).get("tier", "hot") == "hot"
         raw = indexes.pool(kwargs, key)
         if raw is None:
             continue
         budget = indexes.budget_use(kwargs, key, raw)
-        folded = _folded(reading, key, indexes.routing(kwargs, key), budget)
+        folded = _folded(live.reading, key, indexes.routing(kwargs, key), budget)
         if hot and memo.folded.get(key) == folded:
             continue
         try:
-            await _reconcile(raw, indexes.snapshot(kwargs, key), memo, logger, reading)
+            await _reconcile(key, _live_pool(kwargs, key), memo, logger, kwargs)
         except (kopf.PermanentError, kopf.TemporaryError) as e:
             logger.debug("metrics round for %s/%s: %s", *key, e)
 
@@ -162,6 +254,13 @@ async def pool_folder(
 async def pool_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.gauges.forget(namespace or "", name)
     memo.folded.pop((namespace or "", name), None)
+    memo.writer.forget_status("ModelPool", namespace or "", name)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="pool_gone")
+async def pool_gone(type: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        memo.diffbase.forget(uid)
 
 
 async def child_changed(
@@ -177,14 +276,7 @@ async def child_changed(
     key = (namespace or "", labels[names.POOL_LABEL])
     if type == "DELETED":
         memo.writer.forget(body.get("kind", ""), key[0], body["metadata"]["name"])
-    pool = indexes.pool(kwargs, key)
-    if pool is None or pool["metadata"].get("deletionTimestamp"):
-        return
-    try:
-        await _reconcile(pool, indexes.snapshot(kwargs, key), memo, logger, memo.live.reading)
-    except (kopf.PermanentError, kopf.TemporaryError) as e:
-        # The pool's own handler retries; a child event only refreshes.
-        logger.info("reconcile of %s/%s from a child event: %s", *key, e)
+    await _refresh(key, kwargs, memo, logger)
 
 
 for _group, _version, _plural, _kind in indexes.CHILD_KINDS:

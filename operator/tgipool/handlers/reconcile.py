@@ -3,8 +3,9 @@ the gating, apply what differs, prune, write status only when it changed."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -24,7 +25,16 @@ from tgipool.k8s import errors
 from tgipool.manifest import Manifest
 from tgipool.monitoring.readings import Reading
 from tgipool.planner import assess
-from tgipool.status import Verdict, compute_status, gate, invalid_status, now_rfc3339, set_condition
+from tgipool.status import (
+    Observed,
+    Verdict,
+    compute_status,
+    gate,
+    invalid_status,
+    now_rfc3339,
+    set_condition,
+    weights_verdict,
+)
 
 
 async def reconcile(
@@ -34,11 +44,31 @@ async def reconcile(
     cfg: OperatorConfig,
     logger: kopf.Logger,
     reading: Reading | None = None,
+    settle: float = 0.0,
 ) -> Outcome:
-    """`reading`: the metrics loop's last round (None when the operator runs without the loop)."""
+    """`reading`: the metrics loop's last round (None when the operator runs without the loop);
+    `settle`: see `Writer.write_status`."""
     meta = raw["metadata"]
     async with writer.lock("ModelPool", meta.get("namespace", ""), meta["name"]):
-        return await _reconcile(raw, snap, writer, cfg, logger, reading)
+        return await _reconcile(raw, snap, writer, cfg, logger, reading, settle)
+
+
+async def reconcile_latest(
+    key: tuple[str, str],
+    load: Callable[[], tuple[Mapping[str, Any], Snapshot] | None],
+    writer: Writer,
+    cfg: OperatorConfig,
+    logger: kopf.Logger,
+    reading: Callable[[], Reading | None],
+    settle: float = 0.0,
+) -> Outcome | None:
+    """A reconcile of the pool and children as the caches hold them once the pool's lock is ours (not
+    as they were when the event that asked for it came); None when `load` finds the pool gone."""
+    async with writer.lock("ModelPool", *key):
+        loaded = load()
+        if loaded is None:
+            return None
+        return await _reconcile(*loaded, writer, cfg, logger, reading(), settle)
 
 
 async def _reconcile(
@@ -48,6 +78,7 @@ async def _reconcile(
     cfg: OperatorConfig,
     logger: kopf.Logger,
     reading: Reading | None,
+    settle: float,
 ) -> Outcome:
     out = Outcome()
     meta = raw["metadata"]
@@ -99,6 +130,12 @@ async def _reconcile(
         if written is not None:
             await writer.delete(written, out)
 
+    # Status from what this reconcile wrote too (the caches may not have our answers yet): a Job just
+    # created is Fetching, not FetchPending; a Deployment just applied is rolling out.
+    job = writer.current("Job", ns, names.fetch_job_name(pool), job)
+    deployment = writer.current("Deployment", ns, pool.name, deployment)
+    if job is not None and gating.weights.reason == "FetchPending":
+        gating = dataclasses.replace(gating, weights=weights_verdict(pool, job, awake))
     refused = errors.refused(out.errors[0]) if out.errors else None
     old_status = current.get("status") or {}
     woke, now = None, now_rfc3339()
@@ -106,7 +143,7 @@ async def _reconcile(
         woke = last_activation(demand, snap.pods, job, old_status.get("lastActivation"))
     new = compute_status(
         pool,
-        snap.observed(pool.name),
+        Observed(deployment=deployment, pods=snap.pods),
         gating,
         cfg,
         previous,
@@ -120,7 +157,7 @@ async def _reconcile(
     if inference_pool is not None:
         cond = set_condition(previous, INFERENCE_POOL, inference_pool, pool.metadata.generation, now)
         new = new.model_copy(update={"conditions": [*new.conditions, cond]})
-    await writer.write_status(raw, new, out)
+    await writer.write_status(raw, new, out, settle)
     if out.status_written:
         _tier_events(raw, old_status.get("phase"), new, pool.activation is not None)
     out.pool, out.replicas = pool, new.replicas or 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from tgipool.k8s import errors
 from tgipool.k8s.client import ApplyError, Kube
 from tgipool.k8s.compare import needs_apply, stamped
 from tgipool.manifest import Manifest
-from tgipool.status import status_patch
+from tgipool.status import must_write_now, status_patch
 
 Key = tuple[str, str, str]  # kind, namespace, name
 T = TypeVar("T")
@@ -67,6 +68,8 @@ class Outcome:
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     status_written: bool = False
+    # A status change that waits (`Writer.write_status`'s settle): when it is due (time.monotonic()).
+    status_due: float | None = None
     errors: list[ApplyError] = field(default_factory=list)
     # A pool's reconcile: the parsed pool and its Deployment's replicas (for the operator's gauges).
     pool: ModelPool | None = None
@@ -94,6 +97,8 @@ class Writer:
         self._locks: dict[Key, asyncio.Lock] = {}
         # Deployments we scaled 0 -> 1, with the resourceVersion they had at 0.
         self._woken: dict[Key, str | None] = {}
+        # When we last wrote each object's status (time.monotonic()).
+        self._status_at: dict[Key, float] = {}
         # The client's calls block: as many threads as it has connections (asyncio's default executor
         # has cores + 4, which capped the operator's writes in flight well below the API server's pace).
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
@@ -125,6 +130,16 @@ class Writer:
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """The object was deleted: the next reconcile must see it missing, whatever we wrote before."""
         self._answers.pop((kind, namespace, name), None)
+
+    def forget_status(self, kind: str, namespace: str, name: str) -> None:
+        """The object (a pool or a gateway) is gone: the time of its last status write, its lock if
+        free, and our last answer for it go too (memory in proportion to the objects that exist)."""
+        key = (kind, namespace, name)
+        self._status_at.pop(key, None)
+        self._answers.pop(key, None)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
 
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((kind, namespace, name), asyncio.Lock())
@@ -201,19 +216,35 @@ class Writer:
         self._woken[key] = meta.get("resourceVersion")
         out.applied.append(f"Deployment/{meta['name']} (scaled 0 -> 1)")
 
-    async def write_status(self, raw: Mapping[str, Any], new: BaseModel, out: Outcome) -> None:
-        """Patches the status of `raw` (a pool or a gateway) to `new`, unless it already is `new`."""
+    async def write_status(
+        self, raw: Mapping[str, Any], new: BaseModel, out: Outcome, settle: float = 0.0
+    ) -> None:
+        """Patches the status of `raw` (a pool or a gateway) to `new`, unless it already is `new`.
+
+        `settle`: a change no reader must see at once (`status.must_write_now`: no phase, generation or
+        condition turned; a message, a count) waits until `settle` seconds after this object's last
+        status write; `out.status_due` says when. While children come up their statuses change every
+        few seconds, and each change was a write of the pool's status (6 per pool to converge)."""
         kind, meta = raw["kind"], raw["metadata"]
         namespace, name = meta.get("namespace", ""), meta["name"]
         current = self.current(kind, namespace, name, dict(raw)) or raw
-        patch = status_patch(new, current.get("status") or {})
+        old = current.get("status") or {}
+        patch = status_patch(new, old)
         if patch is None:
             return
+        key = (kind, namespace, name)
+        last = self._status_at.get(key)
+        if settle and last is not None and not must_write_now(new, old):
+            due = last + settle
+            if time.monotonic() < due:
+                out.status_due = due
+                return
         try:
             answer = await self.call(self.kube.patch_status, namespace, name, patch, kind)
         except ApplyError as e:
             raise errors.handler_error([e], f"{kind} {namespace}/{name}") from e
         self.remember(answer)
+        self._status_at[key] = time.monotonic()
         out.status_written = True
 
 
