@@ -1,6 +1,6 @@
 """The metrics loop: one batched read of Prometheus per round for every pool, kept in memory.
 
-Each pool's kopf timer then folds the latest reading into its status through `reconcile` (which
+Each pool's folder (a kopf daemon) then folds the latest reading into its status through `reconcile` (which
 writes only what changed). Prometheus absent or down gives a reading with an error: SLOMet turns
 Unknown once, and nothing else is written. The operator's own per-pool gauges, which the chart's
 alerts compare the pools' live numbers against, live here too.
@@ -42,12 +42,11 @@ class LiveMetrics:
         event, self._round = self._round, asyncio.Event()
         event.set()
 
-    async def next_round(self, timeout: float | None, stopped: Awaitable[Any] | None = None) -> None:
-        """Waits for the next round, `timeout` seconds (None: no limit), or `stopped` (a kopf daemon's
-        stopper), whichever comes first."""
+    async def next_round(self, timeout: float | None, *stopped: Awaitable[Any]) -> None:
+        """Waits for the next round, `timeout` seconds (None: no limit), or any of `stopped` (a kopf
+        daemon's stopper, the pool's deletion), whichever comes first."""
         waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._round.wait())}
-        if stopped is not None:
-            waits.add(asyncio.ensure_future(stopped))
+        waits.update(asyncio.ensure_future(s) for s in stopped)
         try:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -10,14 +11,15 @@ from typing import Any
 
 import kopf
 from kopf._cogs.structs.references import Selector  # not re-exported by kopf
+from kopf._core.intents import registries as kopf_registries  # the daemon's finalizer (see below)
 
 from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import names
 from tgipool.handlers import indexes
-from tgipool.handlers.diffbase import MemoryDiffBaseStorage
 from tgipool.handlers.live_metrics import LiveMetrics, PoolGauges
 from tgipool.handlers.peering import announce
+from tgipool.handlers.persistence import MemoryDiffBaseStorage, UnmarkedProgressStorage
 from tgipool.handlers.reconcile import reconcile_latest
 from tgipool.handlers.writer import Writer
 from tgipool.k8s.client import Kube
@@ -39,8 +41,8 @@ Folded = tuple[
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Every kopf setting in one place; the API client is made here, not at import."""
     prefix = "tgipool.io"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
-    # The last handled spec in memory, not an annotation: no PATCH of every pool on create (diffbase.py).
+    settings.persistence.progress_storage = UnmarkedProgressStorage(prefix=prefix)
+    # The last handled spec in memory, not an annotation: no PATCH of every pool on create (persistence.py).
     settings.persistence.diffbase_storage = memo.diffbase = MemoryDiffBaseStorage(prefix)
     settings.persistence.finalizer = f"{prefix}/finalizer"
     # Only warnings from kopf's own logs become Events; our own Events mark real writes.
@@ -71,6 +73,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     memo.folded = {}  # pool key -> the metrics round and gateway routing its status last folded in
     memo.queued = set()  # pools with a reconcile from the caches waiting to start (`_refresh`)
     memo.settling = {}  # pool key -> the timer of its waiting status change (`_settle_later`)
+    memo.gone = {}  # pool uid -> set when the pool is deleted: its folder ends
     if opts.metrics_port:
         from prometheus_client import start_http_server
 
@@ -211,6 +214,7 @@ async def pool_folder(
     body: kopf.Body,
     namespace: str | None,
     name: str,
+    uid: str,
     memo: kopf.Memo,
     logger: kopf.Logger,
     stopped: kopf.DaemonStopped,
@@ -225,21 +229,23 @@ async def pool_folder(
     and cold pools also wake every TIMER_SECONDS: they rest once their demand is older than
     activation.idleAfterSeconds, which no event announces. (A kopf timer on every pool every 3 s was a
     handler run and a log line per pool per tick: CPU in proportion to the pools, all the time.)
+
+    No finalizer (see below): the folder ends when the pool's DELETED event comes (`pool_gone`).
     """
     key = (namespace or "", name)
     live: LiveMetrics = memo.live
+    gone: asyncio.Event = memo.gone.setdefault(uid, asyncio.Event())
     while True:
         spec = body.get("spec") or {}
         hot = spec.get("tier", "hot") == "hot"
         # A shared GPU budget's other pools scale without an event of this pool: look every few seconds.
         polls = key[0] in kwargs["gateway_index"] or "gpuBudget" in (spec.get("autoscaling") or {})
-        await live.next_round(None if hot and not polls else TIMER_SECONDS, stopped.wait())
-        if stopped or body.get("metadata", {}).get("deletionTimestamp"):
-            return
-        hot = (body.get("spec") or {}).get("tier", "hot") == "hot"
+        await live.next_round(None if hot and not polls else TIMER_SECONDS, stopped.wait(), gone.wait())
         raw = indexes.pool(kwargs, key)
-        if raw is None:
-            continue
+        if stopped or gone.is_set() or raw is None or raw["metadata"].get("deletionTimestamp"):
+            memo.gone.pop(uid, None)
+            return
+        hot = (raw.get("spec") or {}).get("tier", "hot") == "hot"
         budget = indexes.budget_use(kwargs, key, raw)
         folded = _folded(live.reading, key, indexes.routing(kwargs, key), budget)
         if hot and memo.folded.get(key) == folded:
@@ -250,17 +256,31 @@ async def pool_folder(
             logger.debug("metrics round for %s/%s: %s", *key, e)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-async def pool_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.gauges.forget(namespace or "", name)
-    memo.folded.pop((namespace or "", name), None)
-    memo.writer.forget_status("ModelPool", namespace or "", name)
+# kopf puts a finalizer on every object a daemon runs for: a PATCH of every new pool, and one more before
+# it may go, for a folder that only reads. Owner references delete the children; the folder ends on the
+# DELETED event (`pool_gone`), which every deletion brings.
+_spawning = kopf_registries.get_default_registry()._spawning
+_spawning._handlers = [
+    dataclasses.replace(h, requires_finalizer=False) if h.fn is pool_folder else h
+    for h in _spawning._handlers
+]
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL, id="pool_gone")
-async def pool_gone(type: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
-    if type == "DELETED":
-        memo.diffbase.forget(uid)
+def _deleted(type: str, **_: Any) -> bool:  # kopf's name for the watch event type
+    return type == "DELETED"
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="pool_gone", when=_deleted)  # no run (nor log line) per event
+async def pool_gone(type: str, namespace: str | None, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted pool: its folder ends, and what the operator kept for it goes."""
+    key = (namespace or "", name)
+    gone = memo.gone.pop(uid, None)
+    if gone is not None:
+        gone.set()
+    memo.diffbase.forget(uid)
+    memo.gauges.forget(*key)
+    memo.folded.pop(key, None)
+    memo.writer.forget_status("ModelPool", *key)
 
 
 async def child_changed(

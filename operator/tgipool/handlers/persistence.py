@@ -1,4 +1,6 @@
-"""kopf's last handled state of each pool and gateway, kept in memory instead of an annotation.
+"""What kopf keeps on our objects, without a write of its own on every new pool.
+
+kopf's last handled state of each pool and gateway, kept in memory instead of an annotation.
 
 kopf compares an object with the state its handlers last handled to tell a creation, a spec change
 and a resume apart. Its default keeps that state in an annotation: a PATCH of every pool after its
@@ -8,6 +10,10 @@ Here the state lives in the operator's memory. After a restart the status says w
 object whose status.observedGeneration is its generation, and with no handler of ours waiting for a
 retry, was handled as it is now (kopf resumes it: the resume handler, the same reconcile); any other
 object is new to this operator (kopf creates it: the same reconcile).
+
+Handler progress stays in annotations (a retried handler's state must survive a restart), without the
+marker kopf adds on the first handling of every object: a handler that succeeds at once stores no
+progress, and the marker alone was a PATCH of every new pool.
 """
 
 from __future__ import annotations
@@ -55,3 +61,12 @@ def handled_as_is(body: kopf.Body | dict[str, Any], progress_prefix: str) -> boo
         key.startswith(progress_prefix) and str(value).startswith("{") and '"started"' in str(value)
         for key, value in (meta.get("annotations") or {}).items()
     )
+
+
+class UnmarkedProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's annotations progress storage without its `<prefix>/kopf-managed` marker (the marker tells
+    kopf's diffbase which annotations are its own; our diffbase and `clear` drop the prefix's annotations
+    anyway)."""
+
+    def _store_marker(self, prefix: str, patch: kopf.Patch, body: kopf.Body) -> None:
+        return None
