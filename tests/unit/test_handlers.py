@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -182,3 +183,65 @@ def test_a_server_error_is_retried_soon() -> None:
         c["type"]: c for c in kube.objects[("ModelPool", "ml", "llama3-8b-ru-short")]["status"]["conditions"]
     }
     assert (degraded["Degraded"]["status"], degraded["Degraded"]["reason"]) == ("True", "ApplyFailed")
+
+
+def test_status_details_settle_but_turns_are_written_at_once() -> None:
+    """While children come up, a message or a count waits `settle` seconds after the pool's last status
+    write; a phase or a condition that turns is written at once."""
+    kube = FakeKube()
+    writer = Writer(kube)  # type: ignore[arg-type]
+    pool = created(kube, pool_doc())
+    name = pool["metadata"]["name"]
+
+    def status_writes() -> int:
+        return sum(1 for verb, _ in kube.requests if verb == "patch_status")
+
+    def step(children: dict[tuple[str, str], Any]) -> Any:
+        return run(lambda: reconcile(pool, Snapshot(children, []), writer, DEFAULT_CONFIG, LOG, settle=5.0))
+
+    first = step({})
+    assert first.status_written and status_writes() == 1
+    status = kube.objects[("ModelPool", "ml", name)]["status"]
+    # Our own answer for the Job counts: it exists, so the weights are being fetched (not FetchPending).
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["WeightsCached"] == "Fetching"
+    job = next(a for a in first.applied if a.startswith("Job/")).split("/")[1]
+    done = {"kind": "Job", "metadata": {"name": job, "resourceVersion": "100000"}, "status": {"succeeded": 1}}
+
+    def deployment(ready: int, rv: str) -> dict[str, Any]:
+        return {
+            "kind": "Deployment",
+            "metadata": {"name": name, "generation": 1, "resourceVersion": rv},
+            "spec": {"replicas": 2},
+            "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": ready},
+        }
+
+    assert step({("Job", job): done}).status_written, "WeightsCached turned True"
+    assert status_writes() == 2
+    # The Deployment we applied is rolling out; now it is scaling up (1/2 ready): only a message and counts.
+    waiting = step({("Job", job): done, ("Deployment", name): deployment(1, "100001")})
+    assert not waiting.status_written and waiting.status_due is not None and status_writes() == 2
+    assert 4.0 < waiting.status_due - time.monotonic() <= 5.0
+    # Ready turns True: at once, whatever waited.
+    ready = step({("Job", job): done, ("Deployment", name): deployment(2, "100002")})
+    assert ready.status_written and status_writes() == 3
+    assert kube.objects[("ModelPool", "ml", name)]["status"]["phase"] == "Ready"
+    # Nothing changed: no status written, nothing waits (the hand-made children are applied again).
+    again = step({("Job", job): done, ("Deployment", name): deployment(2, "100002")})
+    assert not again.status_written and again.status_due is None and status_writes() == 3
+
+
+def test_settled_status_is_written_when_due() -> None:
+    kube = FakeKube()
+    writer = Writer(kube)  # type: ignore[arg-type]
+    pool = created(kube, pool_doc())
+    run(lambda: reconcile(pool, Snapshot({}, []), writer, DEFAULT_CONFIG, LOG, settle=5.0))
+    key = ("ModelPool", "ml", pool["metadata"]["name"])
+    current = kube.objects[key]
+    current["status"]["ready"] = "stale"  # a detail that differs from what the operator computes
+    pool = {**pool, "status": current["status"], "metadata": {**pool["metadata"], "resourceVersion": "99999"}}
+    writer.forget(*key)
+    early = run(lambda: reconcile(pool, Snapshot({}, []), writer, DEFAULT_CONFIG, LOG, settle=5.0))
+    assert not early.status_written and early.status_due is not None
+    writer._status_at[key] -= 5.0  # the last write is 5 s old
+    due = run(lambda: reconcile(pool, Snapshot({}, []), writer, DEFAULT_CONFIG, LOG, settle=5.0))
+    assert due.status_written and due.status_due is None

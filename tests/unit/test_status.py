@@ -7,7 +7,7 @@ from typing import Any
 from tgipool.api.modelpool import ModelPool
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.planner import assess
-from tgipool.status import Observed, Refused, compute_status, gate, invalid_status
+from tgipool.status import Observed, Refused, compute_status, gate, invalid_status, must_write_now
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
@@ -188,3 +188,26 @@ def test_unknown_architecture_is_unknown_not_true(short_pool: dict[str, Any]) ->
     s = status(pool(short_pool), job(1), deployment=deployment(2, 2))
     assert conds(s)["CapacityFeasible"]["status"] == "Unknown"
     assert s["phase"] == "Ready"
+
+
+def model(p: ModelPool, **kw: Any) -> Any:
+    """The status model itself (what `Writer.write_status` is handed)."""
+    gating = gate(p, kw.pop("fetch_job", None), assess(p))
+    return compute_status(p, Observed(**kw), gating, DEFAULT_CONFIG, [], T0)
+
+
+def test_a_bare_count_or_message_may_wait_but_a_turn_may_not(short_pool: dict[str, Any]) -> None:
+    p = pool(short_pool)
+    rolling = status(p, job(1), deployment=deployment(2, 0, updated=1))
+    scaling = model(p, fetch_job=job(1), deployment=deployment(2, 0))
+    assert (
+        conds(rolling)["Progressing"]["reason"]
+        != conds(scaling.model_dump(by_alias=True))["Progressing"]["reason"]
+    )
+    assert not must_write_now(scaling, rolling), "RollingOut -> ScalingUp: same phase, nothing turned"
+    assert must_write_now(model(p, fetch_job=job(1), deployment=deployment(2, 2)), rolling), "Ready turned"
+    fetched = status(p, job(1))
+    assert must_write_now(model(p, fetch_job=job(0)), fetched), "WeightsCached turned back"
+    assert must_write_now(scaling, {}), "the first status"
+    older = {**status(p, job(1), deployment=deployment(2, 0)), "observedGeneration": 2}
+    assert must_write_now(scaling, older), "a newly handled generation"
