@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from tgipool.desired import build_children  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from kube_api import CONCURRENCY, Api, bounded  # noqa: E402
+from operator_watch import Audit, count_log, cpu_s, rss_mb, where  # noqa: E402
 
 SHIPPED = "from tgipool.cli import main; main(['run'])"
 ALWAYS_APPLY = (
@@ -187,47 +187,6 @@ async def run_floor(api: Api, ns: str, n: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- operator
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class Audit:
-    """Write requests in the API server's audit log from a point on (the cluster logs writes only)."""
-
-    def __init__(self) -> None:
-        self.path = ROOT / ".cluster/logs/audit.log"
-        self.offset = self.path.stat().st_size if self.path.exists() else 0
-
-    def writes(self) -> Counter[str]:
-        out: Counter[str] = Counter()
-        if not self.path.exists():
-            return out
-        with self.path.open("rb") as f:
-            if f.seek(0, 2) < self.offset:  # rotated: count what the new file has
-                self.offset = 0
-            f.seek(self.offset)
-            for raw in f:
-                ev = json.loads(raw)
-                ref = ev.get("objectRef") or {}
-                res = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-                agent = (ev.get("userAgent") or "?").split("/")[0].split(" ")[0]
-                out[f"{agent} {ev.get('verb')} {res}"] += 1
-        return out
-
-
-def count_log(path: Path, pattern: str) -> int:
-    return len(re.findall(pattern, path.read_text(errors="replace")))
-
-
 async def run_operator(
     api: Api, label: str, code: str, ns: str, n: int, log_dir: Path, profile: Path | None, src: Path = ROOT
 ) -> dict[str, Any]:
@@ -257,14 +216,21 @@ async def run_operator(
         await bounded(api.apply(doc) for doc in pool_docs(ns, n))
         seen_children = 0.0
 
+        last_shown = 0.0
+
         async def all_ready() -> bool:
-            nonlocal seen_children
+            nonlocal seen_children, last_shown
             pools = await api.list("tgipool.io/v1alpha1", "modelpools", ns)
             if not seen_children:
                 deps = await api.list("apps/v1", "deployments", ns)
                 if len(deps) >= n:
                     seen_children = time.monotonic() - t0
-            return sum(1 for p in pools if _true(p, "Ready")) >= n
+            ready = sum(1 for p in pools if _true(p, "Ready"))
+            if ready < n and time.monotonic() - last_shown > 30:  # where the others are, every 30 s
+                last_shown = time.monotonic()
+                log(f"{label}: {ready}/{n} Ready after {last_shown - t0:.0f} s; {where(pools)}; RSS "
+                    f"{rss_mb(op.pid):.0f} MB, CPU {cpu_s(op.pid) - cpu0:.0f} s")  # fmt: skip
+            return ready >= n
 
         converge_s = await wait_until(label, all_ready, t0)
         await asyncio.sleep(5)

@@ -60,11 +60,41 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lean_heap() -> None:
+    """glibc gives each thread that allocates an arena of its own (up to 8 per core, kept for good):
+    the API client's threads parse every answer, and their fragmented arenas grew RSS with the pools
+    well past what the heap holds. Two arenas keep it close. TGIPOOL_TRACEMALLOC=FILE: a heap
+    breakdown (tracemalloc, by line) written to FILE on SIGUSR1, for the operator bench."""
+    import contextlib
+    import ctypes
+    import os
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+    dump = os.environ.get("TGIPOOL_TRACEMALLOC")
+    if dump:
+        import signal
+        import tracemalloc
+
+        tracemalloc.start()
+
+        def write(*_: Any) -> None:
+            stats = tracemalloc.take_snapshot().statistics("lineno")
+            total = sum(s.size for s in stats)
+            lines = [f"total {total / 2**20:.1f} MiB in {sum(s.count for s in stats)} blocks"]
+            lines += [f"{s.size / 2**20:8.2f} MiB {s.count:9d} {s.traceback}" for s in stats[:60]]
+            Path(dump).write_text("\n".join(lines) + "\n")
+
+        signal.signal(signal.SIGUSR1, write)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
     import kopf
+
+    _lean_heap()  # before any thread starts
 
     import tgipool.handlers.modelgateway
     import tgipool.handlers.pool  # noqa: F401  registers the handlers
