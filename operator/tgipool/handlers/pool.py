@@ -53,9 +53,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     settings.execution.max_workers = 16
     # Children and pods are watched by our label, filtered by the API server: kopf would otherwise watch
     # (and keep memory for) every Service, Pod, Job and Lease of the cluster, node heartbeats included.
-    for group, version, plural, _kind in [*indexes.CHILD_KINDS, ("", "v1", "pods", "Pod")]:
-        selector = Selector(group=group, version=version, plural=plural)
-        settings.watching.label_selectors[selector] = f"app.kubernetes.io/managed-by={names.MANAGED_BY}"
+    managed = f"app.kubernetes.io/managed-by={names.MANAGED_BY}"
+    for group, version, plural, _kind in indexes.CHILD_KINDS:
+        settings.watching.label_selectors[Selector(group=group, version=version, plural=plural)] = managed
+    # Of the pods, the inference servers only: not the fetch Jobs' pods, which no handler reads.
+    server = f"{managed},{names.COMPONENT_LABEL}={names.SERVER}"
+    settings.watching.label_selectors[Selector(group="", version="v1", plural="pods")] = server
     settings.networking.request_timeout = 60
     # An exception that is no answer of the API server (unreachable, connection cut) is passing trouble
     # like a 5xx: retried as soon (kopf's default waits 60 s).
