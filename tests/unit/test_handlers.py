@@ -245,3 +245,33 @@ def test_settled_status_is_written_when_due() -> None:
     writer._status_at[key] -= 5.0  # the last write is 5 s old
     due = run(lambda: reconcile(pool, Snapshot({}, []), writer, DEFAULT_CONFIG, LOG, settle=5.0))
     assert due.status_written and due.status_due is None
+
+
+def test_child_events_fold_into_one_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of child events is one reconcile, from the caches as they are when it starts; an event
+    after it started asks for one more."""
+    from tgipool.handlers import pool as pool_handlers
+    from tgipool.handlers.indexes import pack
+
+    key = ("ml", "p")
+    kwargs = {"pool_index": {key: [pack({"metadata": {"name": "p", "namespace": "ml", "generation": 1}})]}}
+    loaded: list[int] = []
+
+    async def fake_reconcile(key: Any, load: Any, memo: Any, logger: Any, kwargs: Any) -> None:
+        raw = load()
+        loaded.append(raw["metadata"]["generation"])
+        await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(pool_handlers, "_reconcile", fake_reconcile)
+    memo = kopf.Memo(queued=set())
+
+    async def main() -> None:
+        burst = [pool_handlers._refresh(key, kwargs, memo, LOG, delay=0.02) for _ in range(10)]
+        first = asyncio.gather(*burst)
+        await asyncio.sleep(0.03)  # the reconcile runs; the caches change meanwhile
+        kwargs["pool_index"][key] = [pack({"metadata": {"name": "p", "namespace": "ml", "generation": 2}})]
+        await pool_handlers._refresh(key, kwargs, memo, LOG, delay=0.0)
+        await first
+
+    asyncio.run(main())
+    assert loaded == [1, 2] and memo.queued == set()
