@@ -521,12 +521,16 @@ cmd_nodes() {
   fi
   ((want > 0)) || return 0
   local tmpl; tmpl=$(<"$here/nodes/node.yaml.tmpl")
+  # Only the missing ones: applying an existing node again conflicts with kube-controller-manager's fields.
+  local -A present=()
+  for i in $have; do present[$i]=1; done
   doc=$(for ((i = 0; i < want; i++)); do
+    [[ -n "${present[$i]:-}" ]] && continue
     echo "---"
     NAME=sim-gpu-$i GPU_COUNT=8 GPU_PRODUCT=NVIDIA-H100-80GB-HBM3 GPU_MEMORY=81559 INSTANCE_TYPE=sim-bulk \
       CPU=96 MEMORY=1Ti envsubst_node "$tmpl"
   done)
-  kc apply --server-side --field-manager=cluster-sh -f - <<<"$doc" >/dev/null
+  [[ -z "$doc" ]] || kc apply --server-side --field-manager=cluster-sh -f - <<<"$doc" >/dev/null
   if ! kc wait --for=condition=Ready node -l "$bulk_selector" --timeout=300s >/dev/null; then
     die "bulk nodes did not become Ready within 300 s (see .cluster/logs/kwok-controller.log)"
   fi
