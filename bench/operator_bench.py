@@ -242,9 +242,9 @@ async def run_operator(
         converge_writes = sum(write_requests().values()) - before
         converged_audit = dict(converge_audit.writes())
         rss, cpu = rss_mb(op.pid), cpu_s(op.pid) - cpu0
-        if os.environ.get("TGIPOOL_TRACEMALLOC"):  # the operator writes its heap breakdown there
+        if os.environ.get("TGIPOOL_HEAPDUMP"):  # the operator writes what its heap holds there
             op.send_signal(signal.SIGUSR1)
-            await asyncio.sleep(20)
+            await asyncio.sleep(10)
         if os.environ.get("BENCH_RSS_ONLY"):  # a throwaway cluster: no restart, no cleanup
             log(f"{label}: converged in {converge_s:.1f} s, {converge_writes:.0f} writes, RSS {rss:.0f} MB")
             ns = ""

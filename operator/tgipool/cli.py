@@ -63,29 +63,32 @@ def cmd_crds(args: argparse.Namespace) -> int:
 def _lean_heap() -> None:
     """glibc gives each thread that allocates an arena of its own (up to 8 per core, kept for good):
     the API client's threads parse every answer, and their fragmented arenas grew RSS with the pools
-    well past what the heap holds. Two arenas keep it close. TGIPOOL_TRACEMALLOC=FILE: a heap
-    breakdown (tracemalloc, by line) written to FILE on SIGUSR1, for the operator bench."""
+    well past what the heap holds. Two arenas keep it close.
+
+    TGIPOOL_HEAPDUMP=FILE: on SIGUSR1 the operator writes what its heap holds to FILE (for the
+    operator bench): malloc's in-use and free bytes, Python objects by type (shallow sizes), and with
+    TGIPOOL_TRACEMALLOC=1 (slow) the allocating lines."""
     import contextlib
     import ctypes
     import os
 
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
-    dump = os.environ.get("TGIPOOL_TRACEMALLOC")
-    if dump:
-        import signal
-        import tracemalloc
+    dump = os.environ.get("TGIPOOL_HEAPDUMP")
+    if not dump:
+        return
+    import signal
+    import tracemalloc
 
+    if os.environ.get("TGIPOOL_TRACEMALLOC"):
         tracemalloc.start()
 
-        def write(*_: Any) -> None:
-            stats = tracemalloc.take_snapshot().statistics("lineno")
-            total = sum(s.size for s in stats)
-            lines = [f"total {total / 2**20:.1f} MiB in {sum(s.count for s in stats)} blocks"]
-            lines += [f"{s.size / 2**20:8.2f} MiB {s.count:9d} {s.traceback}" for s in stats[:60]]
-            Path(dump).write_text("\n".join(lines) + "\n")
+    def write(*_: Any) -> None:
+        from tgipool.heapdump import heap_report
 
-        signal.signal(signal.SIGUSR1, write)
+        Path(dump).write_text(heap_report())
+
+    signal.signal(signal.SIGUSR1, write)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
