@@ -105,6 +105,14 @@ def _rolled_out(d: dict[str, Any]) -> bool:
     )
 
 
+def _hpa_still(h: dict[str, Any]) -> bool:
+    """At its desired count, or not scaling at all (ScalingActive False: a metric it cannot read; the
+    HPA then reports desiredReplicas 0 and leaves the Deployment alone)."""
+    st = h.get("status") or {}
+    active = next((c for c in st.get("conditions") or [] if c.get("type") == "ScalingActive"), {})
+    return active.get("status") == "False" or st.get("desiredReplicas") == st.get("currentReplicas")
+
+
 async def wait_still(api: Api, ns: str, label: str, quiet: float = 10.0) -> float:
     """Seconds until the fleet is still: every HPA at its desired count, every Deployment rolled out, and no
     write of the kinds the operator writes for `quiet` s. Ready pools still move (HPAs scale new pools up,
@@ -115,10 +123,7 @@ async def wait_still(api: Api, ns: str, label: str, quiet: float = 10.0) -> floa
         total = sum(write_requests().values())
         hpas = await api.list("autoscaling/v2", "horizontalpodautoscalers", ns)
         deps = await api.list("apps/v1", "deployments", ns)
-        still = all(
-            (h.get("status") or {}).get("desiredReplicas") == (h.get("status") or {}).get("currentReplicas")
-            for h in hpas
-        ) and all(_rolled_out(d) for d in deps)
+        still = all(_hpa_still(h) for h in hpas) and all(_rolled_out(d) for d in deps)
         now = time.monotonic()
         if total != last or not still:
             last, since = total, now
