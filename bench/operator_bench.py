@@ -49,7 +49,7 @@ from tgipool.desired import build_children  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from kube_api import CONCURRENCY, Api, bounded  # noqa: E402
-from operator_watch import Audit, count_log, cpu_s, rss_mb, where  # noqa: E402
+from operator_watch import Audit, count_log, cpu_s, hpa_still, rolled_out, rss_mb, where  # noqa: E402
 
 SHIPPED = "from tgipool.cli import main; main(['run'])"
 ALWAYS_APPLY = (
@@ -98,21 +98,6 @@ async def wait_until(
     return time.monotonic() - t0
 
 
-def _rolled_out(d: dict[str, Any]) -> bool:
-    st, want = d.get("status") or {}, (d.get("spec") or {}).get("replicas", 1)
-    return st.get("observedGeneration", 0) >= d["metadata"].get("generation", 1) and all(
-        st.get(k, 0) == want for k in ("replicas", "updatedReplicas", "readyReplicas")
-    )
-
-
-def _hpa_still(h: dict[str, Any]) -> bool:
-    """At its desired count, or not scaling at all (ScalingActive False: a metric it cannot read; the
-    HPA then reports desiredReplicas 0 and leaves the Deployment alone)."""
-    st = h.get("status") or {}
-    active = next((c for c in st.get("conditions") or [] if c.get("type") == "ScalingActive"), {})
-    return active.get("status") == "False" or st.get("desiredReplicas") == st.get("currentReplicas")
-
-
 async def wait_still(api: Api, ns: str, label: str, quiet: float = 10.0) -> float:
     """Seconds until the fleet is still: every HPA at its desired count, every Deployment rolled out, and no
     write of the kinds the operator writes for `quiet` s. Ready pools still move (HPAs scale new pools up,
@@ -123,7 +108,7 @@ async def wait_still(api: Api, ns: str, label: str, quiet: float = 10.0) -> floa
         total = sum(write_requests().values())
         hpas = await api.list("autoscaling/v2", "horizontalpodautoscalers", ns)
         deps = await api.list("apps/v1", "deployments", ns)
-        still = all(_hpa_still(h) for h in hpas) and all(_rolled_out(d) for d in deps)
+        still = all(hpa_still(h) for h in hpas) and all(rolled_out(d) for d in deps)
         now = time.monotonic()
         if total != last or not still:
             last, since = total, now

@@ -64,3 +64,18 @@ def where(pools: list[dict[str, Any]]) -> str:
 
 def count_log(path: Path, pattern: str) -> int:
     return len(re.findall(pattern, path.read_text(errors="replace")))
+
+
+def rolled_out(d: dict[str, Any]) -> bool:
+    st, want = d.get("status") or {}, (d.get("spec") or {}).get("replicas", 1)
+    return st.get("observedGeneration", 0) >= d["metadata"].get("generation", 1) and all(
+        st.get(k, 0) == want for k in ("replicas", "updatedReplicas", "readyReplicas")
+    )
+
+
+def hpa_still(h: dict[str, Any]) -> bool:
+    """At its desired count, or not scaling at all (ScalingActive False: a metric it cannot read; the
+    HPA then reports desiredReplicas 0 and leaves the Deployment alone)."""
+    st = h.get("status") or {}
+    active = next((c for c in st.get("conditions") or [] if c.get("type") == "ScalingActive"), {})
+    return active.get("status") == "False" or st.get("desiredReplicas") == st.get("currentReplicas")
