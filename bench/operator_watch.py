@@ -27,16 +27,38 @@ def rss_mb(pid: int) -> float:
 
 
 class Audit:
-    """Write requests in the API server's audit log from a point on (the cluster logs writes only)."""
+    """Write requests in the API server's audit log from a point on (the cluster logs writes only).
+
+    The API server rotates the log at 100 MB (audit-<time>.log), several times in a run at 500 pools:
+    the files from the one that was current at the start on are read, the first from its offset."""
 
     def __init__(self) -> None:
         self.path = ROOT / ".cluster/logs/audit.log"
+        self.ino = self.path.stat().st_ino if self.path.exists() else None
         self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def _files(self) -> list[Path]:
+        rotated = sorted(self.path.parent.glob("audit-*.log"))
+        start = next((i for i, f in enumerate(rotated) if f.stat().st_ino == self.ino), None)
+        return ([] if start is None else rotated[start:]) + [self.path]
 
     def writes(self) -> Counter[str]:
         out: Counter[str] = Counter()
-        if not self.path.exists():
-            return out
+        for path in self._files():
+            if not path.exists():
+                continue
+            with path.open("rb") as f:
+                first = path.stat().st_ino == self.ino
+                f.seek(self.offset if first else 0)
+                for raw in f:
+                    ev = json.loads(raw)
+                    ref = ev.get("objectRef") or {}
+                    res = ref.get("resource", "?") + (
+                        f"/{ref['subresource']}" if ref.get("subresource") else ""
+                    )
+                    agent = (ev.get("userAgent") or "?").split("/")[0].split(" ")[0]
+                    out[f"{agent} {ev.get('verb')} {res}"] += 1
+        return out
         with self.path.open("rb") as f:
             if f.seek(0, 2) < self.offset:  # rotated: count what the new file has
                 self.offset = 0
