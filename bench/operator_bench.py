@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,8 @@ from tgipool.config import DEFAULT_CONFIG  # noqa: E402
 from tgipool.desired import build_children  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from kube_api import CONCURRENCY, Api, bounded  # noqa: E402
+from kube_api import Api, bounded  # noqa: E402
+from operator_report import table  # noqa: E402
 from operator_watch import Audit, count_log, cpu_s, hpa_still, rolled_out, rss_mb, where  # noqa: E402
 
 SHIPPED = "from tgipool.cli import main; main(['run'])"
@@ -335,65 +335,6 @@ async def run_all(args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str
     finally:
         await api.close()
     return results
-
-
-ROWS = [
-    ("children_s", "seconds until every child exists", "{:.1f}"),
-    ("converge_s", "seconds to converge (all Ready)", "{:.1f}"),
-    ("converge_writes", "writes to converge", "{:.0f}"),
-    ("converge_cpu_s", "operator CPU seconds while converging", "{:.1f}"),
-    ("rss_mb", "operator RSS after converging, MB", "{:.0f}"),
-    ("still_s", "seconds from converged to still (HPAs, rollouts, writes)", "{:.1f}"),
-    ("resume_s", "restart: seconds until all resumed", "{:.1f}"),
-    ("resume_writes", "restart: writes, nothing changed", "{:.0f}"),
-    ("rss_after_restart_mb", "operator RSS after restart, MB", "{:.0f}"),
-]
-
-
-def table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
-    cols = list(results)
-    others = [c for c in cols if c != "floor"] if "floor" in results else []
-    lines = [
-        f"{args.pools} pools on {args.nodes} simulated GPU nodes, one run, same API server "
-        f"(writes counted by the API server; floor: plain SSA client, {CONCURRENCY} in flight)",
-        "",
-        "| | " + " | ".join(cols) + "".join(f" | {c} / floor" for c in others) + " |",
-        "|---|" + "---:|" * (len(cols) + len(others)),
-    ]
-    for key, name, fmt in ROWS:
-        cells = [fmt.format(results[c][key]) if key in results[c] else "-" for c in cols]
-        f = results.get("floor", {}).get(key)
-        ratios = [
-            f"{results[c][key] / f:.2f}x" if f and results[c].get(key) is not None else "" for c in others
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
-    lines += converge_audit_table(results)
-    for label in cols:
-        audit = results[label].get("resume_writes_audit")
-        if audit:
-            lines += ["", f"{label}: restart writes by user agent, verb, resource (audit log):", ""]
-            lines += [f"- {k}: {v}" for k, v in sorted(audit.items(), key=lambda kv: -kv[1])]
-    return "\n".join(lines)
-
-
-def converge_audit_table(results: dict[str, dict[str, Any]]) -> list[str]:
-    """Every write while converging (all resources, events and controllers' writes included), by user
-    agent, verb and resource: where a variant's writes above the floor go."""
-    cols = [c for c in results if results[c].get("converge_writes_audit")]
-    if not cols:
-        return []
-    audits = {c: Counter(results[c]["converge_writes_audit"]) for c in cols}
-    keys = sorted(set().union(*audits.values()), key=lambda k: (-max(a[k] for a in audits.values()), k))
-    lines = [
-        "",
-        "writes while converging, by user agent, verb, resource (audit log, every resource):",
-        "",
-        "| user agent, verb, resource | " + " | ".join(cols) + " |",
-        "|---|" + "---:|" * len(cols),
-    ]
-    lines += [f"| {k} | " + " | ".join(str(audits[c][k]) for c in cols) + " |" for k in keys]
-    lines.append("| total | " + " | ".join(str(sum(audits[c].values())) for c in cols) + " |")
-    return lines
 
 
 def main() -> int:
