@@ -6,6 +6,9 @@ ready after `successThreshold` successes in a row and unready after `failureThre
 Unlike it: every container is probed once per sim sync (`--interval`) instead of every
 `periodSeconds` (10 s for TGI pods), so readiness follows sooner than on a real node; a startup
 probe is not run separately (its first success is the readiness probe's), and nothing is restarted.
+At most `PARALLEL` probes are in flight, and a probe's timeout starts when it is sent: the emulators
+answer from the sim's own event loop, so a thousand probes at once made them miss their timeouts and
+flipped Ready pods back (a kubelet's probes of one node are spread over their periods).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 import aiohttp
 
 from tgipool.emulator.readiness import Probe, readiness_probes
+
+PARALLEL = 32
 
 
 @dataclass
@@ -49,14 +54,16 @@ class ReadinessProber:
         # (pod uid, container) -> streak; starts from what the pod says, so a restarted sim does not
         # flip Ready pods to unready before a single probe has failed.
         self._streaks: dict[tuple[str, str], _Streak] = {}
+        self._slots = asyncio.Semaphore(PARALLEL)
 
     async def _get(self, probe: Probe) -> bool:
-        try:
-            timeout = aiohttp.ClientTimeout(total=probe.timeout_seconds)
-            async with self.session.get(probe.url, timeout=timeout, allow_redirects=False) as r:
-                return 200 <= r.status < 400
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+        async with self._slots:
+            try:
+                timeout = aiohttp.ClientTimeout(total=probe.timeout_seconds)
+                async with self.session.get(probe.url, timeout=timeout, allow_redirects=False) as r:
+                    return 200 <= r.status < 400
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                return False
 
     async def verdicts(self, pod: Mapping[str, Any]) -> dict[str, bool]:
         """Probe the pod's containers once; container -> ready, after the thresholds."""

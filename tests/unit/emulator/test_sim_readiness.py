@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tgipool.emulator import EmulatorServer, EmulatorSettings
 from tgipool.emulator import sim as sim_module
@@ -220,6 +221,43 @@ def test_restarted_prober_starts_from_what_the_pod_says() -> None:
             return await ReadinessProber(session).verdicts(pod(ready=True, ip="127.0.0.1", port=free_port()))
 
     assert asyncio.run(go()) == {"tgi": True}
+
+
+def test_many_probes_at_once_do_not_time_out_waiting_for_each_other() -> None:
+    """300 pods probed in one sync against a health endpoint that answers one request per 10 ms (the sim
+    serves every emulator from one loop): each probe's 1 s timeout must count from when it is sent, not
+    from a queue of a thousand, or healthy Ready pods are flipped back (the 1,000-pool stall)."""
+
+    async def go() -> list[dict[str, bool]]:
+        lock = asyncio.Lock()
+
+        async def health(_: web.Request) -> web.Response:
+            async with lock:
+                await asyncio.sleep(0.01)
+            return web.Response()
+
+        app = web.Application()
+        app.router.add_get("/health", health)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        pods = []
+        for i in range(300):
+            p = pod(ip="127.0.0.1", port=port)
+            p["metadata"]["uid"] = f"uid-{i}"
+            p["spec"]["containers"][0]["readinessProbe"]["timeoutSeconds"] = 1
+            p["spec"]["containers"][0]["readinessProbe"]["failureThreshold"] = 1
+            pods.append(p)
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+                prober = ReadinessProber(session)
+                return list(await asyncio.gather(*(prober.verdicts(p) for p in pods)))
+        finally:
+            await runner.cleanup()
+
+    verdicts = asyncio.run(go())
+    assert verdicts == [{"tgi": True}] * 300, sum(1 for v in verdicts if not v["tgi"])
 
 
 class FakeKube:
