@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -34,18 +34,7 @@ KvCacheDtype = Literal["fp8_e4m3fn", "fp8_e5m2"]
 
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
 TGI_REPOSITORY = TGI_IMAGE.rsplit(":", 1)[0]
-_ALL_QUANTIZE: tuple[str, ...] = (
-    "awq",
-    "compressed-tensors",
-    "eetq",
-    "exl2",
-    "gptq",
-    "marlin",
-    "bitsandbytes",
-    "bitsandbytes-nf4",
-    "bitsandbytes-fp4",
-    "fp8",
-)
+_ALL_QUANTIZE: tuple[str, ...] = get_args(Quantize)
 # Launcher flags the typed spec sets on TGI; repeating them in extraArgs would make two sources of truth.
 TGI_TYPED_FLAGS = rules.TYPED_FLAGS
 

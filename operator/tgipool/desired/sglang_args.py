@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from tgipool.api.modelpool import ModelPool
+from tgipool.desired.vllm_args import KV_CACHE_DTYPES  # SGLang, like vLLM, names fp8_e4m3fn fp8_e4m3
 
 PORT = 30000  # SGLang's own default
-# SGLang, like vLLM, names TGI's fp8_e4m3fn fp8_e4m3.
-KV_CACHE_DTYPES = {"fp8_e4m3fn": "fp8_e4m3", "fp8_e5m2": "fp8_e5m2"}
 
 
 def lora_paths(pool: ModelPool) -> list[str]:
