@@ -66,8 +66,9 @@ def _lean_heap() -> None:
     well past what the heap holds. Two arenas keep it close.
 
     TGIPOOL_HEAPDUMP=FILE: on SIGUSR1 the operator writes what its heap holds to FILE (for the
-    operator bench): malloc's in-use and free bytes, Python objects by type (shallow sizes), and with
-    TGIPOOL_TRACEMALLOC=1 (slow) the allocating lines."""
+    operator bench): resident memory by kind of mapping, pymalloc's arenas, malloc's in-use and free
+    bytes, Python objects by type (shallow sizes), and with TGIPOOL_TRACEMALLOC=N (slow) the allocating
+    lines (N > 1: the five largest holders' N-frame tracebacks too)."""
     import contextlib
     import ctypes
     import os
@@ -80,8 +81,8 @@ def _lean_heap() -> None:
     import signal
     import tracemalloc
 
-    if os.environ.get("TGIPOOL_TRACEMALLOC"):
-        tracemalloc.start()
+    if os.environ.get("TGIPOOL_TRACEMALLOC"):  # a number above 1: frames kept per allocation
+        tracemalloc.start(max(1, int(os.environ["TGIPOOL_TRACEMALLOC"] or 1)))
 
     def write(*_: Any) -> None:
         from tgipool.heapdump import heap_report

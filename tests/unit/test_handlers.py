@@ -275,3 +275,51 @@ def test_child_events_fold_into_one_reconcile(monkeypatch: pytest.MonkeyPatch) -
 
     asyncio.run(main())
     assert loaded == [1, 2] and memo.queued == set()
+
+
+class SlowKube(FakeKube):
+    """Each apply takes a while in its thread, as against a busy API server."""
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(0.01)
+        return super().apply(manifest)
+
+
+def test_a_burst_of_pools_renders_and_writes_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twenty new pools at once: no more reconciles hold rendered children than twice the writer's threads
+    (all twenty did, and a thousand new pools set the operator's memory for good)."""
+    from tgipool.desired import build_children
+
+    kube = SlowKube()
+    writer = Writer(kube, threads=2)  # type: ignore[arg-type]
+    active, peak = 0, 0
+    write_status = writer.write_status
+
+    def rendering(*args: Any, **kwargs: Any) -> Any:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        return build_children(*args, **kwargs)
+
+    async def done(*args: Any, **kwargs: Any) -> None:
+        nonlocal active
+        try:
+            await write_status(*args, **kwargs)
+        finally:
+            active -= 1
+
+    monkeypatch.setattr("tgipool.handlers.reconcile.build_children", rendering)
+    monkeypatch.setattr(writer, "write_status", done)
+    pools = []
+    for i in range(20):
+        doc = pool_doc()
+        doc["metadata"]["name"] = f"p{i}"
+        pools.append(created(kube, doc))
+    empty = Snapshot(children={}, pods=[])
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(*(reconcile(p, empty, writer, DEFAULT_CONFIG, LOG) for p in pools))
+
+    outs = run(burst)
+    assert all(out.status_written for out in outs)
+    assert peak == 4

@@ -49,7 +49,7 @@ async def reconcile(
     """`reading`: the metrics loop's last round (None when the operator runs without the loop);
     `settle`: see `Writer.write_status`."""
     meta = raw["metadata"]
-    async with writer.lock("ModelPool", meta.get("namespace", ""), meta["name"]):
+    async with writer.lock("ModelPool", meta.get("namespace", ""), meta["name"]), writer.turn():
         return await _reconcile(raw, snap, writer, cfg, logger, reading, settle)
 
 
@@ -64,7 +64,7 @@ async def reconcile_latest(
 ) -> Outcome | None:
     """A reconcile of the pool and children as the caches hold them once the pool's lock is ours (not
     as they were when the event that asked for it came); None when `load` finds the pool gone."""
-    async with writer.lock("ModelPool", *key):
+    async with writer.lock("ModelPool", *key), writer.turn():
         loaded = load()
         if loaded is None:
             return None
