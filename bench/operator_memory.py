@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 
 from kube_api import Api, bounded  # noqa: E402
-from operator_bench import pool_docs  # noqa: E402
+from operator_bench import log, pool_docs  # noqa: E402
 from operator_watch import cpu_s, rss_mb  # noqa: E402
 from tests.e2e.cluster import kubectl  # noqa: E402
 
@@ -41,10 +41,6 @@ NO_FOLDERS = (
     "s._handlers = [h for h in s._handlers if h.fn is not p.pool_folder]; "
 )
 TIMEOUT = 600.0
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 async def one(label: str, src: Path, prelude: str, n: int, out: Path) -> dict[str, float]:

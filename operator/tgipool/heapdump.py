@@ -73,15 +73,16 @@ def _pymalloc_lines() -> list[str]:
             os.close(saved)
         out.seek(0)
         text = out.read()
-    found = dict(
-        re.findall(r"^# (arenas allocated current|bytes in allocated blocks)\s*=\s*([\d,]+)", text, re.M)
-    )
-    if len(found) < 2:
+    held = re.search(r"^(\d+) arenas \* (\d+) bytes/arena", text, re.M)
+    used = re.search(r"^# bytes in allocated blocks\s*=\s*([\d,]+)", text, re.M)
+    if held is None or used is None:
         return ["pymalloc: no stats"]
-    arenas, used = (
-        int(found[k].replace(",", "")) for k in ("arenas allocated current", "bytes in allocated blocks")
-    )
-    return [f"pymalloc: {arenas} arenas ({arenas} MiB) hold {used / 2**20:.1f} MiB of live small objects"]
+    arenas, size = int(held[1]), int(held[2])
+    live = int(used[1].replace(",", ""))
+    return [
+        f"pymalloc: {arenas} arenas ({arenas * size / 2**20:.0f} MiB) hold {live / 2**20:.1f} MiB "
+        "of live small objects"
+    ]
 
 
 def heap_report(top: int = 40) -> str:
@@ -95,11 +96,12 @@ def heap_report(top: int = 40) -> str:
     lines.append(f"gc-tracked objects: {sum(counts.values())}, shallow {sum(sizes.values()) / 2**20:.1f} MiB")
     lines += [f"{size / 2**20:8.2f} MiB {counts[name]:9d} {name}" for name, size in sizes.most_common(top)]
     if tracemalloc.is_tracing():
-        stats = tracemalloc.take_snapshot().statistics("lineno")
+        snapshot = tracemalloc.take_snapshot()
+        stats = snapshot.statistics("lineno")
         lines.append(f"tracemalloc: {sum(s.size for s in stats) / 2**20:.1f} MiB")
         lines += [f"{s.size / 2**20:8.2f} MiB {s.count:9d} {s.traceback}" for s in stats[:top]]
         if tracemalloc.get_traceback_limit() > 1:  # where the largest holders were allocated from
-            for s in tracemalloc.take_snapshot().statistics("traceback")[:5]:
+            for s in snapshot.statistics("traceback")[:5]:
                 lines.append(f"{s.size / 2**20:8.2f} MiB {s.count:9d} allocated at:")
                 lines += [f"    {frame}" for frame in s.traceback.format()]
     return "\n".join(lines) + "\n"
