@@ -112,18 +112,9 @@ def low_throughput(pool: ModelPool, ev: Evidence) -> list[Finding]:
         f"about {per_replica:.1f} sequences run per replica (req/s x p50) of the {cap} it may batch "
         f"({bound}); each generates about {per_sequence:.1f} tokens/s",
     ]
-    if queue >= 1 and per_replica < LOW_OCCUPANCY * cap:
-        title = f"low TPS: {queue:.1f} requests wait per replica while batches stay small"
-        prefill = pool.limits.max_batch_prefill_tokens
-        fixes = (
-            "bigger batches: waiting requests join the batch in prefill chunks of "
-            f"limits.maxBatchPrefillTokens {prefill}; raise it (up to {cap} sequences fit, bound: {bound}), "
-            "and drop a --max-batch-size",
-            "CPU-bound tokenization: TGI's router tokenizes and validates on the CPU; give the pod CPUs "
-            "(spec.podTemplate.resources.requests.cpu)",
-            "shorter prefixes: a long shared system prompt costs a prefill on every request",
-        )
-    elif per_sequence < MIN_SEQUENCE_TOKENS_PER_SECOND:
+    # A slow decode step comes first: it slows every sequence, whatever the batch, and queued requests
+    # are then a consequence of it rather than of the batching.
+    if per_sequence < MIN_SEQUENCE_TOKENS_PER_SECOND:
         p = plan(pool)
         title = f"low TPS: each sequence generates {per_sequence:.1f} tokens/s"
         fixes = (
@@ -133,6 +124,17 @@ def low_throughput(pool: ModelPool, ev: Evidence) -> list[Finding]:
             + remedies.price_text(p, p.num_shard * 2),
             "contention on the GPU: GPU clocks, other processes, the node's PCIe/NVLink topology",
             f"bigger batches or concurrency raise the TPS: up to {cap} sequences per replica ({bound})",
+        )
+    elif queue >= 1 and per_replica < LOW_OCCUPANCY * cap:
+        title = f"low TPS: {queue:.1f} requests wait per replica while batches stay small"
+        prefill = pool.limits.max_batch_prefill_tokens
+        fixes = (
+            "bigger batches: waiting requests join the batch in prefill chunks of "
+            f"limits.maxBatchPrefillTokens {prefill}; raise it (up to {cap} sequences fit, bound: {bound}), "
+            "and drop a --max-batch-size",
+            "CPU-bound tokenization: TGI's router tokenizes and validates on the CPU; give the pod CPUs "
+            "(spec.podTemplate.resources.requests.cpu)",
+            "shorter prefixes: a long shared system prompt costs a prefill on every request",
         )
     else:
         return []

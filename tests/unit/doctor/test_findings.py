@@ -342,6 +342,11 @@ def test_low_throughput_small_batches_and_a_slow_model() -> None:
     f = find(doc)["LowThroughput"]
     assert f.title == "low TPS: each sequence generates 5.0 tokens/s"
     assert "engine.numShard 2 splits each step over more GPUs ($4.98/h per replica)" in f.fixes
+    # Slow and queued: the slow decode step is named, since it holds every sequence back.
+    doc = metrics_doc(
+        p50LatencyMs=2000, p95LatencyMs=2500, requestsPerSecond=2, tokensPerSecond=20, queueDepth=4
+    )
+    assert find(doc)["LowThroughput"].title == "low TPS: each sequence generates 5.0 tokens/s"
     doc = metrics_doc(
         p50LatencyMs=2000, p95LatencyMs=2500, requestsPerSecond=2, tokensPerSecond=200, queueDepth=0
     )
