@@ -7,8 +7,8 @@ type) and kills it. RSS after a burst stays: freed small objects leave pymalloc'
 the burst's peak live set is what the operator keeps.
 
 Variants: `current` (this checkout), `before=PATH` (the operator of another checkout, e.g. a worktree of
-an older commit), `no-folders` (this checkout without its per-pool kopf daemons: what they cost; not a
-configuration that serves).
+an older commit), `no-folders` (this checkout without its folder, which folds metrics rounds into the
+pools: what it costs; not a configuration that serves).
 
 Run against the local cluster (`make cluster-up`; the bulk nodes: `tools/cluster.sh nodes N`). The pools
 stay in their namespaces: on a reused cluster the later variants share the API server with the earlier
@@ -36,9 +36,7 @@ from operator_watch import cpu_s, rss_mb  # noqa: E402
 from tests.e2e.cluster import kubectl  # noqa: E402
 
 NO_FOLDERS = (
-    "import tgipool.handlers.pool as p; from kopf._core.intents import registries as r; "
-    "s = r.get_default_registry()._spawning; "
-    "s._handlers = [h for h in s._handlers if h.fn is not p.pool_folder]; "
+    "import asyncio, tgipool.handlers.pool as p; p.fold_pools = lambda *a, **k: asyncio.Event().wait(); "
 )
 TIMEOUT = 600.0
 

@@ -89,8 +89,15 @@ def test_more_gpus_than_any_node_has_then_a_bigger_node(operator: Operator, ns: 
     node = f"gpu-l4-big-{uuid.uuid4().hex[:4]}"
     add_node(node, 8, "NVIDIA-L4")
     try:
-        p = wait_ready("big", ns, timeout=120)
-        assert condition(p, "Degraded")["status"] == "False"
+        wait_ready("big", ns, timeout=120)
+        # Ready follows the Deployment's watch and Degraded the pods': the two caches may be a moment
+        # apart, and the status written between them (Ready, and the pod still unschedulable) is fixed by
+        # the pod's event.
+        wait_for(
+            "Degraded False",
+            lambda: condition(pool("big", ns), "Degraded").get("status") == "False",
+            timeout=30,
+        )
     finally:
         kubectl("delete", "node", node, "--wait=false", check=False)
 

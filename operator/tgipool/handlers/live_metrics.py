@@ -1,9 +1,9 @@
 """The metrics loop: one batched read of Prometheus per round for every pool, kept in memory.
 
-Each pool's folder (a kopf daemon) then folds the latest reading into its status through `reconcile` (which
-writes only what changed). Prometheus absent or down gives a reading with an error: SLOMet turns
-Unknown once, and nothing else is written. The operator's own per-pool gauges, which the chart's
-alerts compare the pools' live numbers against, live here too.
+The folder (`pool.fold_pools`) then folds the latest reading into each pool's status through
+`reconcile` (which writes only what changed). Prometheus absent or down gives a reading with an
+error: SLOMet turns Unknown once, and nothing else is written. The operator's own per-pool gauges,
+which the chart's alerts compare the pools' live numbers against, live here too.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class LiveMetrics:
         self.interval = interval
         self.reading = Reading(values={}, observed_at=_now(), error=None if reader else NO_PROMETHEUS)
         self._task: asyncio.Task[None] | None = None
-        self._round = asyncio.Event()  # set (and replaced) when a round lands: wakes every pool's folder
+        self._round = asyncio.Event()  # set (and replaced) when a round lands: wakes the folder
 
     def wake(self) -> None:
         """Wakes everything waiting for the next round (a new reading, or a gateway that came or went)."""

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import kopf
+from kopf._cogs.aiokits.aiotoggles import ToggleSet  # kopf's pause state: not re-exported
+from kopf._core.engines import daemons as kopf_daemons
 
 from tgipool.k8s.client import ApplyError, Kube
 
@@ -68,3 +70,23 @@ async def announce(
             logger.warning("peering record not written to %s: %s", url, e)
     logger.info("peering: waiting %.0f s for replicas started at the same time to show up", settle)
     await asyncio.sleep(settle)
+
+
+# kopf pauses its watches and daemons while a peer outranks this replica, but tells no other task. The
+# one set of pause toggles it hands its daemon killer at start is the state our own tasks read.
+_pause: dict[str, ToggleSet] = {}
+_daemon_killer = kopf_daemons.daemon_killer
+
+
+async def _watching_daemon_killer(*, operator_paused: ToggleSet, **kwargs: Any) -> None:
+    _pause["operator"] = operator_paused
+    await _daemon_killer(operator_paused=operator_paused, **kwargs)
+
+
+kopf_daemons.daemon_killer = _watching_daemon_killer
+
+
+def paused() -> bool:
+    """Whether kopf has paused this replica (a peer of higher priority, no peering object)."""
+    toggles = _pause.get("operator")
+    return toggles is not None and toggles.is_on()
