@@ -82,13 +82,18 @@ async def configure(
     if opts.peering_identity and not settings.peering.standalone:
         # Before kopf lists its peers: so that replicas started together all see each other first.
         await peering.announce(memo.writer.kube, settings, opts.peering_identity, opts.namespaces, logger)
-    # kopf passes its indexes to startup handlers too: live views, filled once kopf has listed.
+    # kopf passes its indexes to startup handlers too: live views, filled once kopf has listed. Tasks
+    # that outlive a handler read these, not the handler's kwargs (which hold the decoded event).
+    memo.indexes = kwargs
+    memo.refreshing = set()  # child events' reconciles, running apart from kopf's workers
     memo.folder = asyncio.create_task(fold_pools(memo, logger, kwargs), name="tgipool-folder")
 
 
 @kopf.on.cleanup()
 async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
     memo.folder.cancel()
+    for task in list(memo.refreshing):
+        task.cancel()
     await memo.live.stop()
     for task in list(memo.settling.values()):
         task.cancel()
@@ -200,7 +205,7 @@ def _settle_later(
 async def pool_changed(
     body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    await _reconcile((namespace or "", name), lambda: indexes.slim(body), memo, logger, kwargs)
+    await _reconcile((namespace or "", name), lambda: indexes.slim(body), memo, logger, memo.indexes)
 
 
 def _folded(
@@ -284,11 +289,20 @@ async def child_changed(
     logger: kopf.Logger,
     **kwargs: Any,
 ) -> None:
-    """A child changed (drift, deletion, status): re-run the owner's reconcile from the caches."""
+    """A child changed (drift, deletion, status): re-run the owner's reconcile from the caches.
+
+    The reconcile runs in a task of its own, so kopf's worker for the child ends at once and lets go of
+    the decoded event: awaited, it held it while the reconcile waited for its turn, and a burst of new
+    pools kept thousands of children's events in memory at once (the peak that sets the RSS)."""
     key = (namespace or "", labels[names.POOL_LABEL])
     if type == "DELETED":
         memo.writer.forget(body.get("kind", ""), key[0], body["metadata"]["name"])
-    await _refresh(key, kwargs, memo, logger)
+    if key in memo.queued:
+        return  # a reconcile that has not read the caches yet will see this change
+    running: set[asyncio.Task[None]] = memo.refreshing
+    task = asyncio.create_task(_refresh(key, memo.indexes, memo, logger), name=f"tgipool-refresh-{key[1]}")
+    running.add(task)
+    task.add_done_callback(running.discard)
 
 
 for _group, _version, _plural, _kind in indexes.CHILD_KINDS:
