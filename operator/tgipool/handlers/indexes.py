@@ -3,9 +3,10 @@
 kopf fills all indexes before it runs any other handler, so a reconcile right after an operator
 restart already sees every child and writes nothing for children that match.
 
-Each cached object is kept as compact JSON (`Packed`) and decoded when a reconcile reads it: a
-Deployment is about 4 KB so and 25 KB as Python dicts, and a thousand pools' children as dicts were
-most of the operator's memory. Decoding one pool's children costs well under a millisecond.
+Each cached object is kept as compact JSON, zlib-compressed (`Packed`), and decoded when a reconcile
+reads it: a Deployment is about 25 KB as Python dicts, 3.7 KB as JSON and 1.5 KB compressed; a
+thousand pools' children as dicts were most of the operator's memory, and as JSON still the largest
+share of what malloc holds. Decoding one pool's children costs well under a millisecond.
 
 The index functions are coroutines: kopf runs a plain function in its thread pool, a hop to a thread
 and back for every watch event of every child.
@@ -14,6 +15,7 @@ and back for every watch event of every child.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,17 +59,18 @@ def slim(body: Mapping[str, Any]) -> Manifest:
 
 @dataclass(frozen=True, slots=True)
 class Packed:
-    """One cached object as compact JSON bytes."""
+    """One cached object as compact JSON bytes, compressed."""
 
     raw: bytes
 
     def get(self) -> Manifest:
-        out: Manifest = json.loads(self.raw)
+        out: Manifest = json.loads(zlib.decompress(self.raw))
         return out
 
 
 def pack(body: Mapping[str, Any]) -> Packed:
-    return Packed(json.dumps(body, separators=(",", ":")).encode())
+    # Level 1: the fastest; the objects repeat their keys and labels, so it still packs them 2-3x.
+    return Packed(zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 1))
 
 
 def unpack(store: Iterable[Packed] | None) -> list[Manifest]:
