@@ -3,28 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
 
 import kopf
 import pytest
 from kopf._cogs.aiokits.aiotoggles import ToggleSet
+from kopf._core.actions import execution as kopf_execution
 from kopf._core.engines import daemons as kopf_daemons
+from kopf._core.engines import posting as kopf_posting
 from kopf._core.reactor import running as kopf_running
 
 from tgipool.handlers import peering
 from tgipool.handlers import pool as pool_handlers
 from tgipool.handlers.indexes import pack
 from tgipool.handlers.live_metrics import LiveMetrics
+from tgipool.handlers.writer import normal_event, posting_context
 from tgipool.monitoring.readings import Reading
 
 LOG = logging.getLogger("test")
 HOT, WARM, GONE = ("ml", "hot"), ("ml", "warm"), ("ml", "gone")
+T = TypeVar("T")
 
 
 def pool_body(key: tuple[str, str], tier: str) -> dict[str, Any]:
     return {"metadata": {"name": key[1], "namespace": key[0]}, "spec": {"tier": tier}}
+
+
+async def as_a_handler(fn: Callable[[], T], queue: asyncio.Queue[Any] | None = None) -> T:
+    """Calls fn as kopf calls a handler: in a task of the object, with kopf's posting variables set."""
+
+    async def handler() -> T:
+        kopf_posting.settings_var.set(kopf.OperatorSettings())
+        kopf_posting.event_queue_loop_var.set(asyncio.get_running_loop())
+        kopf_posting.event_queue_var.set(queue or asyncio.Queue())
+        kopf_execution.cause_var.set(cast(Any, "the decoded watch event"))
+        return fn()
+
+    return await asyncio.create_task(handler())
 
 
 class NoDaemons:
@@ -83,10 +101,11 @@ def test_the_folder_reconciles_what_changed_and_rests_while_paused(monkeypatch: 
     monkeypatch.setattr(pool_handlers, "_reconcile", fake_reconcile)
     monkeypatch.setattr(pool_handlers, "TIMER_SECONDS", 0.05)
     monkeypatch.setattr(peering, "paused", lambda: is_paused)
-    memo = kopf.Memo(live=live, folded={})
+    memo = kopf.Memo(live=live, folded={}, posting=[])
 
     async def main() -> list[list[tuple[str, str]]]:
         nonlocal is_paused
+        await as_a_handler(lambda: pool_handlers._keep_posting(copy.copy(memo)))
         for key in (HOT, WARM, GONE):  # as their first reconciles leave them
             memo.folded[key] = pool_handlers._folded(live.reading, key, {}, None)
         folder = asyncio.create_task(pool_handlers.fold_pools(memo, LOG, kwargs))
@@ -112,3 +131,39 @@ def test_the_folder_reconciles_what_changed_and_rests_while_paused(monkeypatch: 
     assert timer_wakes and set(timer_wakes) == {WARM}  # (how many wakes: the machine's timing)
     assert set(new_round) == {HOT, WARM} and new_round.count(HOT) == 1
     assert while_paused == []
+
+
+def test_folds_post_kopf_events_and_hold_no_handlers_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warm pool's return to rest is seen by the folder, which no handler started: its event must
+    reach kopf's queue (it did not: the e2e BackToRest event never came), and the fold must not carry
+    the cause (the decoded watch event) of the handler whose context it copies."""
+    live = LiveMetrics(None, 60)
+    seen: list[Any] = []
+
+    async def fake_reconcile(key: Any, load: Any, memo: Any, logger: Any, kwargs: Any) -> None:
+        seen.append(kopf_execution.cause_var.get(None))
+        normal_event(kopf.Body(cast(Any, load())), reason="BackToRest", message="no demand: back to Standby")
+
+    monkeypatch.setattr(pool_handlers, "_reconcile", fake_reconcile)
+    monkeypatch.setattr(pool_handlers, "TIMER_SECONDS", 0.05)
+    kwargs = {"pool_index": {WARM: [pack(pool_body(WARM, "warm"))]}}
+    memo = kopf.Memo(live=live, folded={}, posting=[])
+
+    async def main() -> list[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        folder = asyncio.create_task(pool_handlers.fold_pools(memo, LOG, kwargs))
+        memo.folded[WARM] = pool_handlers._folded(live.reading, WARM, {}, None)
+        await asyncio.sleep(0.12)
+        assert seen == []  # no handler has run yet: nothing to post with, nothing folded
+        with pytest.raises(LookupError):
+            posting_context()  # outside a handler
+        # kopf hands each object's handlers a shallow copy of the memo
+        await as_a_handler(lambda: pool_handlers._keep_posting(copy.copy(memo)), queue)
+        await asyncio.sleep(0.08)
+        folder.cancel()
+        await asyncio.gather(folder, return_exceptions=True)
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+
+    posted = asyncio.run(main())
+    assert seen and seen[0] is None
+    assert posted and {(e.reason, e.ref["name"]) for e in posted} == {("BackToRest", "warm")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import kopf
@@ -18,7 +18,7 @@ from tgipool.handlers import indexes, peering
 from tgipool.handlers.live_metrics import LiveMetrics, PoolGauges
 from tgipool.handlers.persistence import MemoryDiffBaseStorage, UnmarkedProgressStorage
 from tgipool.handlers.reconcile import reconcile_latest
-from tgipool.handlers.writer import Writer
+from tgipool.handlers.writer import Writer, posting_context
 from tgipool.k8s.client import Kube
 from tgipool.k8s.errors import RETRY_DELAY_SECONDS
 from tgipool.monitoring.reader import PrometheusReader
@@ -86,6 +86,9 @@ async def configure(
     # that outlive a handler read these, not the handler's kwargs (which hold the decoded event).
     memo.indexes = kwargs
     memo.refreshing = set()  # child events' reconciles, running apart from kopf's workers
+    # The context our own tasks run in (`_spawn`), taken by the first handler: a list, since kopf hands
+    # each object a shallow copy of the memo (an attribute a handler sets stays in its object's copy).
+    memo.posting = []
     memo.folder = asyncio.create_task(fold_pools(memo, logger, kwargs), name="tgipool-folder")
 
 
@@ -136,6 +139,17 @@ async def _reconcile(
         memo.gauges.set(out.pool, out.replicas)
     if out.status_due is not None:
         _settle_later(key, out.status_due, kwargs, memo, logger)
+
+
+def _keep_posting(memo: kopf.Memo) -> None:
+    if not memo.posting:
+        memo.posting.append(posting_context())
+
+
+def _spawn(memo: kopf.Memo, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A task of ours that outlives the handler or wake that starts it: it can post kopf events and
+    holds no handler's decoded event (`posting_context`)."""
+    return asyncio.create_task(coro, name=name, context=memo.posting[0].copy())
 
 
 def _live_pool(kwargs: Mapping[str, Any], key: indexes.Key) -> Callable[[], Mapping[str, Any] | None]:
@@ -196,7 +210,7 @@ def _settle_later(
         except Exception:  # a task nobody awaits: say what failed
             logger.exception("status of %s/%s", *key)
 
-    timers[key] = asyncio.create_task(later(), name=f"tgipool-settle-{key[0]}/{key[1]}")
+    timers[key] = _spawn(memo, later(), f"tgipool-settle-{key[0]}/{key[1]}")
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -205,6 +219,7 @@ def _settle_later(
 async def pool_changed(
     body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
+    _keep_posting(memo)
     await _reconcile((namespace or "", name), lambda: indexes.slim(body), memo, logger, memo.indexes)
 
 
@@ -227,7 +242,8 @@ async def fold_pools(memo: kopf.Memo, logger: kopf.Logger, kwargs: Mapping[str, 
     time of warm and cold pools, which no event announces). A hot pool whose share of the round, routing
     and budget are unchanged is left alone; warm and cold pools are reconciled on each wake. Only pools a
     reconcile has seen since the start (`memo.folded`) are folded: by then kopf's caches are filled. While
-    kopf is paused by a peer, nothing is folded. (A kopf daemon per pool did this before: each pinned its
+    kopf is paused by a peer, nothing is folded. Each fold runs in a handler's posting context (`_spawn`):
+    the BackToRest and Woken events come from here. (A kopf daemon per pool did this before: each pinned its
     pool's body and a dozen coroutines, about 53 KB per pool, 53 MB at 1,000 pools.)
     """
     live: LiveMetrics = memo.live
@@ -246,7 +262,7 @@ async def fold_pools(memo: kopf.Memo, logger: kopf.Logger, kwargs: Mapping[str, 
 
     while True:
         await live.next_round(TIMER_SECONDS)
-        if peering.paused():
+        if peering.paused() or not memo.posting:  # (none: no handler has run, so nothing to fold)
             continue
         for key in list(memo.folded):
             if key in busy:
@@ -261,7 +277,7 @@ async def fold_pools(memo: kopf.Memo, logger: kopf.Logger, kwargs: Mapping[str, 
             if hot and memo.folded.get(key) == folded:
                 continue
             busy.add(key)
-            task = asyncio.create_task(fold(key), name=f"tgipool-fold-{key[0]}/{key[1]}")
+            task = _spawn(memo, fold(key), f"tgipool-fold-{key[0]}/{key[1]}")
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
@@ -295,12 +311,13 @@ async def child_changed(
     the decoded event: awaited, it held it while the reconcile waited for its turn, and a burst of new
     pools kept thousands of children's events in memory at once (the peak that sets the RSS)."""
     key = (namespace or "", labels[names.POOL_LABEL])
+    _keep_posting(memo)
     if type == "DELETED":
         memo.writer.forget(body.get("kind", ""), key[0], body["metadata"]["name"])
     if key in memo.queued:
         return  # a reconcile that has not read the caches yet will see this change
     running: set[asyncio.Task[None]] = memo.refreshing
-    task = asyncio.create_task(_refresh(key, memo.indexes, memo, logger), name=f"tgipool-refresh-{key[1]}")
+    task = _spawn(memo, _refresh(key, memo.indexes, memo, logger), f"tgipool-refresh-{key[1]}")
     running.add(task)
     task.add_done_callback(running.discard)
 

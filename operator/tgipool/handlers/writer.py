@@ -9,6 +9,7 @@ the cached copy: an object we wrote and that nobody changed since is never writt
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import kopf
+from kopf._core.engines import posting as kopf_posting  # where kopf keeps its event queue: not re-exported
 from pydantic import BaseModel
 
 from tgipool.api.modelpool import ModelPool
@@ -33,6 +35,27 @@ T = TypeVar("T")
 
 def event_target(raw: Mapping[str, Any]) -> kopf.Body:
     return kopf.Body(cast("kopf.RawBody", dict(raw)))
+
+
+# kopf.event() and kopf.warn() read these: kopf sets them for each object's handlers only.
+_POSTING_VARS: tuple[contextvars.ContextVar[Any], ...] = (
+    kopf_posting.settings_var,
+    kopf_posting.event_queue_var,
+    kopf_posting.event_queue_loop_var,
+)
+
+
+def posting_context() -> contextvars.Context:
+    """A context holding just what kopf needs to post events; call it from a handler (LookupError elsewhere).
+
+    Tasks that outlive a handler run in a copy of it: one started at startup has no event queue (kopf's
+    events from it fail), and one that inherits a handler's context pins kopf's cause, the decoded
+    watch event, for as long as the task waits."""
+    values = [(var, var.get()) for var in _POSTING_VARS]
+    ctx = contextvars.Context()
+    for var, value in values:
+        ctx.run(var.set, value)
+    return ctx
 
 
 def normal_event(target: kopf.Body, *, reason: str, message: str) -> None:
