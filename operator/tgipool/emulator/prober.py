@@ -3,9 +3,11 @@
 Like the kubelet: an HTTP GET on each container's readinessProbe, 200-399 is a success, anything
 else (503 while the emulator loads, a refused connection, a timeout) a failure; a container turns
 ready after `successThreshold` successes in a row and unready after `failureThreshold` failures.
-Unlike it: every container is probed once per sim sync (`--interval`) instead of every
-`periodSeconds` (10 s for TGI pods), so readiness follows sooner than on a real node; a startup
-probe is not run separately (its first success is the readiness probe's), and nothing is restarted.
+A ready container is probed every `periodSeconds` (10 s for TGI pods), as the kubelet does; unlike
+it, a container not ready yet is probed at every sim sync (`--interval`), so readiness follows sooner
+than on a real node. (Probing every container at every sync cost the sim about a core at 600 Ready
+pods, which the operator bench's API server then lacked.) A startup probe is not run separately (its
+first success is the readiness probe's), and nothing is restarted.
 At most `PARALLEL` probes are in flight, and a probe's timeout starts when it is sent: the emulators
 answer from the sim's own event loop, so a thousand probes at once made them miss their timeouts and
 flipped Ready pods back (a kubelet's probes of one node are spread over their periods).
@@ -30,6 +32,7 @@ class _Streak:
     ready: bool
     successes: int = 0
     failures: int = 0
+    due: float = 0.0  # (event loop time) a ready container's next probe
 
     def record(self, ok: bool, probe: Probe) -> bool:
         if ok:
@@ -66,15 +69,20 @@ class ReadinessProber:
                 return False
 
     async def verdicts(self, pod: Mapping[str, Any]) -> dict[str, bool]:
-        """Probe the pod's containers once; container -> ready, after the thresholds."""
-        probes = readiness_probes(pod)
-        results = await asyncio.gather(*(self._get(p) for p in probes))
-        uid = pod["metadata"]["uid"]
-        out = {}
-        for probe, ok in zip(probes, results, strict=True):
+        """Probe the pod's containers that are due; container -> ready, after the thresholds."""
+        uid, now = pod["metadata"]["uid"], asyncio.get_running_loop().time()
+        out, due = {}, []
+        for probe in readiness_probes(pod):
             key = (uid, probe.container)
             streak = self._streaks.setdefault(key, _Streak(ready=_container_ready(pod, probe.container)))
+            if streak.ready and now < streak.due:
+                out[probe.container] = True
+            else:
+                due.append((probe, streak))
+        results = await asyncio.gather(*(self._get(p) for p, _ in due))
+        for (probe, streak), ok in zip(due, results, strict=True):
             out[probe.container] = streak.record(ok, probe)
+            streak.due = now + probe.period_seconds
         return out
 
     def forget(self, live_uids: Iterable[str]) -> None:

@@ -24,6 +24,7 @@ class Probe:
     timeout_seconds: float = 1.0
     failure_threshold: int = 3
     success_threshold: int = 1
+    period_seconds: float = 10.0
 
 
 def _port(container: Mapping[str, Any], port: Any) -> int | None:
@@ -55,6 +56,7 @@ def readiness_probes(pod: Mapping[str, Any]) -> list[Probe]:
                 timeout_seconds=float(rp.get("timeoutSeconds", 1)),
                 failure_threshold=int(rp.get("failureThreshold", 3)),
                 success_threshold=int(rp.get("successThreshold", 1)),
+                period_seconds=float(rp.get("periodSeconds", 10)),
             )
         )
     return out

@@ -194,7 +194,10 @@ def free_port() -> int:
         return port
 
 
-def test_prober_follows_loading_and_the_failure_threshold() -> None:
+def test_prober_follows_loading_then_probes_ready_containers_each_period() -> None:
+    """Not ready: probed at every sync. Ready: probed every periodSeconds, as a kubelet does, and unready
+    after failureThreshold failed probes in a row."""
+
     async def go() -> list[dict[str, bool]]:
         port = free_port()
         server = EmulatorServer(EmulatorSettings(hostname="127.0.0.1", port=port, load_seconds=0.4))
@@ -203,15 +206,19 @@ def test_prober_follows_loading_and_the_failure_threshold() -> None:
         async with aiohttp.ClientSession() as session:
             prober = ReadinessProber(session)
             p = pod(ip="127.0.0.1", port=port)
+            p["spec"]["containers"][0]["readinessProbe"]["periodSeconds"] = 1
             seen.append(await prober.verdicts(p))  # loading: 503
             await asyncio.sleep(0.5)
             seen.append(await prober.verdicts(p))  # loaded: one success is enough
             await server.stop()
-            for _ in range(3):  # refused: unready on the third failure in a row
+            for _ in range(2):  # within the period: not probed, so no failure counted
+                seen.append(await prober.verdicts(p))
+            for _ in range(3):  # refused, a period apart: unready on the third failure in a row
+                await asyncio.sleep(1.05)
                 seen.append(await prober.verdicts(p))
         return seen
 
-    assert asyncio.run(go()) == [{"tgi": v} for v in (False, True, True, True, False)]
+    assert asyncio.run(go()) == [{"tgi": v} for v in (False, True, True, True, True, True, False)]
 
 
 def test_restarted_prober_starts_from_what_the_pod_says() -> None:
