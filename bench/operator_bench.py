@@ -303,8 +303,15 @@ async def run_operator(
 
 
 def delete_namespace(ns: str) -> None:
-    # Wait until it is gone: its deletes must not count against the next variant.
+    # Wait until it is gone, and its volumes too (the provisioner deletes released PVs): its deletes
+    # must not count against, nor hold up, the next variant.
     kubectl("delete", "namespace", ns, "--timeout=600s", timeout=620)
+    deadline = time.monotonic() + 300
+    claims = "jsonpath={range .items[*]}{.spec.claimRef.namespace} {end}"
+    while (left := kubectl("get", "pv", "-o", claims).split().count(ns)) and time.monotonic() < deadline:
+        time.sleep(2)
+    if left:
+        log(f"{left} PVs of {ns} still there after 300 s")
 
 
 async def run_all(args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str, Any]]:

@@ -63,3 +63,25 @@ def test_a_handler_done_at_once_leaves_no_patch() -> None:
     storage.store(key=key, record={"started": "2026-11-30T00:00:00.0", "success": True}, body=b, patch=patch)
     storage.purge(key=key, body=b, patch=patch)
     assert not patch, f"kopf's marker or progress left in the patch: {dict(patch)}"
+
+
+def test_the_essence_is_kopfs_without_copying_the_status() -> None:
+    annotations = {
+        f"{PREFIX}/pool_changed": '{"started":"2026-11-30T00:00:00.0","retries":1}',
+        "kubectl.kubernetes.io/last-applied-configuration": "{}",
+        "team": "search",
+    }
+    raw = dict(body(annotations=annotations))
+    raw["metadata"] = {**raw["metadata"], "labels": {"tier": "hot"}, "resourceVersion": "9"}
+    raw["status"] = {"conditions": [{"type": "Ready", "status": "True"}] * 50, "observedGeneration": 2}
+    full = kopf.Body(raw)  # type: ignore[arg-type]
+    storage = MemoryDiffBaseStorage(PREFIX)
+    essence = storage.build(body=full)
+    assert essence == kopf.DiffBaseStorage.build(storage, body=full)  # kopf's own, whole body
+    kept = {
+        "labels": {"tier": "hot"},
+        "annotations": {k: v for k, v in annotations.items() if "kubectl" not in k},
+    }
+    assert essence == {"spec": {"replicas": {"min": 1}}, "metadata": kept}
+    raw["spec"]["replicas"]["min"] = 5
+    assert essence["spec"] == {"replicas": {"min": 1}}, "a copy, not a view of the body"

@@ -19,9 +19,11 @@ progress, and the marker alone was a PATCH of every new pool.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import kopf
+from kopf._cogs.structs import dicts  # FieldSpec, in kopf's own signature: not re-exported
 
 
 class MemoryDiffBaseStorage(kopf.DiffBaseStorage):
@@ -38,6 +40,19 @@ class MemoryDiffBaseStorage(kopf.DiffBaseStorage):
         if handled_as_is(body, self._prefix):
             return self.build(body=body)
         return None
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[dicts.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        """kopf's essence, from the body without its status: kopf's own build deep-copies the whole body
+        and then drops the status, which is most of a pool (conditions, live numbers), on every watch
+        event of every pool (7% of the operator's CPU while 200 pools converged)."""
+        if extra_fields:  # a handler on status fields would need them: none of ours is
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata") or {}
+        trimmed = {k: v for k, v in body.items() if k not in ("status", "metadata")}
+        trimmed["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        return super().build(body=kopf.Body(cast("kopf.RawBody", trimmed)))
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         self._handled[body.metadata.uid or ""] = json.dumps(essence, separators=(",", ":")).encode()
