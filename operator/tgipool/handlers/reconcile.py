@@ -66,7 +66,7 @@ async def reconcile_latest(
     as they were when the event that asked for it came); None when `load` finds the pool gone."""
     async with writer.lock("ModelPool", *key), writer.turn():
         loaded = load()
-        if loaded is None:
+        if loaded is None or writer.terminating(key[0]):
             return None
         return await _reconcile(*loaded, writer, cfg, logger, reading(), settle)
 
@@ -111,6 +111,9 @@ async def _reconcile(
     if gating.deploy or snap.get("Deployment", pool.name) is not None:
         plan += [children.hpa, children.pdb]
     await writer.apply(filter(None, plan), snap.get, out)
+    if writer.terminating(pool.namespace):  # refused: the namespace's deletion takes the pool next
+        logger.debug("the namespace of %s is being deleted: its children are not made again", pool.name)
+        return out
     inference_pool = await _apply_optional(children.inference_pool, snap, writer, out)
     deployment = snap.get("Deployment", pool.name)
     if awake and gating.deploy and deployment is not None and deployment["spec"].get("replicas") == 0:

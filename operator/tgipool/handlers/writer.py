@@ -24,12 +24,15 @@ from pydantic import BaseModel
 from tgipool.api.modelpool import ModelPool
 from tgipool.handlers.indexes import Packed, pack, slim
 from tgipool.k8s import errors
-from tgipool.k8s.client import ApplyError, Kube
+from tgipool.k8s.client import NAMESPACE_TERMINATING, ApplyError, Kube
 from tgipool.k8s.compare import needs_apply, stamped
 from tgipool.manifest import Manifest
 from tgipool.status import must_write_now, status_patch
 
 Key = tuple[str, str, str]  # kind, namespace, name
+# How long a namespace found terminating is left alone before a reconcile tries it again (a namespace of
+# the same name may come back once the old one is gone).
+TERMINATING_SECONDS = 60.0
 T = TypeVar("T")
 
 
@@ -122,6 +125,8 @@ class Writer:
         self._woken: dict[Key, str | None] = {}
         # When we last wrote each object's status (time.monotonic()).
         self._status_at: dict[Key, float] = {}
+        # Namespaces being deleted, when a create there was refused (time.monotonic()).
+        self._terminating: dict[str, float] = {}
         # The client's calls block: as many threads as it has connections (asyncio's default executor
         # has cores + 4, which capped the operator's writes in flight well below the API server's pace).
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
@@ -166,6 +171,15 @@ class Writer:
         if lock is not None and not lock.locked():
             del self._locks[key]
 
+    def terminating(self, namespace: str) -> bool:
+        """The namespace is being deleted: its controller deletes the children, then the pools, and a
+        reconcile that re-made the children would be refused (a 403 per child and per child event)."""
+        since = self._terminating.get(namespace)
+        if since is not None and time.monotonic() - since > TERMINATING_SECONDS:
+            del self._terminating[namespace]
+            return False
+        return since is not None
+
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((kind, namespace, name), asyncio.Lock())
 
@@ -209,6 +223,8 @@ class Writer:
                 await self._recreate(manifest, out)
             else:
                 out.errors.append(e)
+            if e.reason == NAMESPACE_TERMINATING:
+                self._terminating[meta["namespace"]] = time.monotonic()
         return out
 
     async def _recreate(self, manifest: Manifest, out: Outcome) -> None:

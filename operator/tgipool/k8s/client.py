@@ -41,6 +41,10 @@ PLURALS = {
 }
 
 
+# The cause the API server gives for a create in a namespace being deleted.
+NAMESPACE_TERMINATING = "NamespaceTerminating"
+
+
 class ApplyError(Exception):
     """The API server refused a write; `reason` and `message` are safe to show in status."""
 
@@ -100,6 +104,9 @@ class Kube:
             try:
                 payload = json.loads(data or b"")
                 reason, message = payload.get("reason", reason), payload.get("message", "")
+                causes = (payload.get("details") or {}).get("causes") or []
+                if any(c.get("reason") == NAMESPACE_TERMINATING for c in causes):
+                    reason = NAMESPACE_TERMINATING  # (a 403 Forbidden, like RBAC's; this one passes)
             except (TypeError, ValueError):
                 message = str(data)[:500]
             kind, name = target or tuple(url.rstrip("/").split("/")[-2:])
