@@ -16,8 +16,8 @@ class ``tgipool-sim`` (provisioner ``tgipool.io/sim``):
 Standard library only; talks to the API server through ``kubectl``: per poll, two raw LISTs
 (``kubectl get --raw``: kubectl passes the API server's JSON through instead of decoding and
 printing thousands of objects), then at most one ``kubectl create`` for every PV to make and one
-``kubectl delete`` for every PV to remove. (A kubectl process per PV, each a fraction of a CPU
-second on a busy 2-core machine, held back PV binding in a 500-pool bench.) Transient API
+``kubectl delete`` for every PV to remove. (With a kubectl process per PV, the 500-pool operator
+bench's floor converged in 203 s; with one call per poll, in 162 s: one run each.) Transient API
 errors are logged and retried on the next poll. It exits by itself when the kubeconfig file
 disappears (the cluster was torn down), on SIGTERM/SIGINT, or after --max-errors consecutive
 failures if that is set.

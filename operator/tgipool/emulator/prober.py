@@ -5,9 +5,10 @@ else (503 while the emulator loads, a refused connection, a timeout) a failure; 
 ready after `successThreshold` successes in a row and unready after `failureThreshold` failures.
 A ready container is probed every `periodSeconds` (10 s for TGI pods), as the kubelet does; unlike
 it, a container not ready yet is probed at every sim sync (`--interval`), so readiness follows sooner
-than on a real node. (Probing every container at every sync cost the sim about a core at 600 Ready
-pods, which the operator bench's API server then lacked.) A startup probe is not run separately (its
-first success is the readiness probe's), and nothing is restarted.
+than on a real node. (Every container at every sync was a probe per Ready pod every 0.5 s, work that
+grows with the pods and shares the machine with the API server in the operator bench; the saving is
+not measured.) A startup probe is not run separately (its first success is the readiness probe's), and
+nothing is restarted.
 At most `PARALLEL` probes are in flight, and a probe's timeout starts when it is sent: the emulators
 answer from the sim's own event loop, so a thousand probes at once made them miss their timeouts and
 flipped Ready pods back (a kubelet's probes of one node are spread over their periods).

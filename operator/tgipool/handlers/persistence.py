@@ -46,7 +46,7 @@ class MemoryDiffBaseStorage(kopf.DiffBaseStorage):
     ) -> kopf.BodyEssence:
         """kopf's essence, from the body without its status: kopf's own build deep-copies the whole body
         and then drops the status, which is most of a pool (conditions, live numbers), on every watch
-        event of every pool (7% of the operator's CPU while 200 pools converged)."""
+        event of every pool (6.9% of the samples of a py-spy profile of the operator, 200 pools)."""
         if extra_fields:  # a handler on status fields would need them: none of ours is
             return super().build(body=body, extra_fields=extra_fields)
         meta = body.get("metadata") or {}
