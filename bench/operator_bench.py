@@ -1,7 +1,7 @@
 """Operator at scale: time to converge, API writes and memory, against the floor, in one run.
 
 N pools on a local simulated cluster with M KWOK GPU nodes (`tools/cluster.sh nodes M`), measured
-side by side on the same API server:
+side by side in one run, each variant on a fresh cluster (`fresh_cluster`; --same-cluster for one):
   - floor: no operator. A plain asyncio client server-side applies the pools and every pool's
     children, rendered by the operator's own pure builders (`build_children`), CONCURRENCY requests
     at a time, with the one ordering the design imposes (a pool's Deployment, HPA and PDB once its
@@ -186,9 +186,18 @@ async def run_floor(api: Api, ns: str, n: int) -> dict[str, Any]:
 
 
 async def run_operator(
-    api: Api, label: str, code: str, ns: str, n: int, log_dir: Path, profile: Path | None, src: Path = ROOT
+    api: Api,
+    label: str,
+    code: str,
+    ns: str,
+    n: int,
+    log_dir: Path,
+    profile: Path | None,
+    src: Path = ROOT,
+    cleanup: bool = True,
 ) -> dict[str, Any]:
-    """`src`: the checkout whose operator/ runs (another one for a before/after comparison)."""
+    """`src`: the checkout whose operator/ runs (another one for a before/after comparison); `cleanup`:
+    delete the namespace after (not when the cluster goes next)."""
     log_path = log_dir / f"{label}.log"
     env = {**os.environ, "PYTHONPATH": str(src / "operator")}
     argv = [sys.executable, "-c", code]
@@ -292,7 +301,7 @@ async def run_operator(
             spy.send_signal(2)
             spy.wait(timeout=60)
         # With the operator still running: its timers put a finalizer on every pool.
-        if ns:
+        if ns and cleanup:
             log(f"{label}: deleting {ns}")
             delete_namespace(ns)
         op.terminate()
@@ -314,15 +323,33 @@ def delete_namespace(ns: str) -> None:
         log(f"{left} PVs of {ns} still there after 300 s")
 
 
+def fresh_cluster(nodes: int) -> None:
+    """A new cluster with `nodes` bulk nodes and the CRDs. Each variant gets one of the same age: on one
+    cluster kept through the run, the same code converged in 176 s first and 293 s third (KWOK's
+    heartbeats of every node come in one burst every 10 minutes, and what earlier variants left in etcd
+    and in the controllers stays), so a variant's place in the run weighed more than its code."""
+    cluster = str(ROOT / "tools/cluster.sh")
+    log(f"a fresh cluster with {nodes} bulk nodes (tools/cluster.sh down, up, nodes {nodes}) ...")
+    subprocess.run([cluster, "down"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([cluster, "up"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([cluster, "nodes", str(nodes)], check=True, stdout=subprocess.DEVNULL)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+
+
 async def run_all(args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str, Any]]:
-    api = await Api.connect()
     results: dict[str, dict[str, Any]] = {}
     variants = ["floor"] + (["before"] if args.before else []) + ["operator"]
     variants += ["always-apply"] if args.always_apply else []
-    if args.only:
-        variants = [v for v in variants if v in args.only.split(",")]
+    if args.only:  # in the order given (with --same-cluster, a variant's place in the run matters)
+        variants = [v for v in args.only.split(",") if v in variants]
+    api = None
     try:
         for label in variants:
+            if not args.same_cluster:
+                if api is not None:
+                    await api.close()
+                fresh_cluster(args.nodes)
+            api = api if api is not None and args.same_cluster else await Api.connect()
             ns = f"bench-{label[:5]}-{uuid.uuid4().hex[:4]}"
             kubectl("create", "namespace", ns)
             log(f"{label}: {args.pools} pools in {ns} ...")
@@ -330,17 +357,27 @@ async def run_all(args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str
                 try:
                     results[label] = await run_floor(api, ns, args.pools)
                 finally:
-                    log(f"{label}: deleting {ns}")
-                    delete_namespace(ns)
+                    if args.same_cluster:
+                        log(f"{label}: deleting {ns}")
+                        delete_namespace(ns)
             else:
                 code = ALWAYS_APPLY if label == "always-apply" else SHIPPED
                 prof = {"operator": args.profile, "before": args.profile_before}.get(label)
                 src = args.before if label == "before" else ROOT
-                results[label] = await run_operator(api, label, code, ns, args.pools, log_dir, prof, src)
+                results[label] = await run_operator(
+                    api, label, code, ns, args.pools, log_dir, prof, src, cleanup=args.same_cluster
+                )
             shown = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in results[label].items()}
             log(f"{label}: {shown}")
     finally:
-        await api.close()
+        if api is not None:
+            await api.close()
+        if (
+            not args.same_cluster
+        ):  # the last variant's pools go with its cluster; the next benches get a new one
+            log("a fresh cluster for what runs next (tools/cluster.sh down, up) ...")
+            subprocess.run([str(ROOT / "tools/cluster.sh"), "down"], check=False, stdout=subprocess.DEVNULL)
+            subprocess.run([str(ROOT / "tools/cluster.sh"), "up"], check=False, stdout=subprocess.DEVNULL)
     return results
 
 
@@ -355,7 +392,9 @@ def main() -> int:
     ap.add_argument(
         "--before", type=Path, help="also run the operator of this checkout (a worktree of an older commit)"
     )
-    ap.add_argument("--only", help="run only these variants (comma-separated: floor,before,operator)")
+    ap.add_argument(
+        "--only", help="run only these variants, in this order (comma-separated: floor,before,operator)"
+    )
     ap.add_argument("--profile-before", type=Path, help="py-spy profile of the --before operator")
     ap.add_argument(
         "--profile", type=Path, help="py-spy profile of the operator while it converges (speedscope)"
@@ -363,20 +402,28 @@ def main() -> int:
     ap.add_argument(
         "--out", type=Path, default=ROOT / "bench/results/operator", help="writes OUT.md and OUT.json"
     )
-    ap.add_argument("--keep-nodes", action="store_true", help="leave the bulk nodes for the next run")
+    ap.add_argument(
+        "--keep-nodes", action="store_true", help="with --same-cluster: leave the bulk nodes for the next run"
+    )
+    ap.add_argument(
+        "--same-cluster",
+        action="store_true",
+        help="every variant on the cluster as it is (default: a fresh cluster for each, see fresh_cluster)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.pools, args.nodes = 20, 20
     os.environ.setdefault("KUBECONFIG", str(ROOT / ".cluster/kubeconfig"))
     log_dir = Path(tempfile.gettempdir()) / f"tgipool-bench-{ROOT.name}"  # one per checkout
     log_dir.mkdir(exist_ok=True)
-    log(f"{args.nodes} bulk nodes (tools/cluster.sh nodes {args.nodes}) ...")
-    subprocess.run([str(ROOT / "tools/cluster.sh"), "nodes", str(args.nodes)], check=True)
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    if args.same_cluster:
+        log(f"{args.nodes} bulk nodes (tools/cluster.sh nodes {args.nodes}) ...")
+        subprocess.run([str(ROOT / "tools/cluster.sh"), "nodes", str(args.nodes)], check=True)
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     try:
         results = asyncio.run(run_all(args, log_dir))
     finally:
-        if not args.keep_nodes:
+        if args.same_cluster and not args.keep_nodes:
             subprocess.run([str(ROOT / "tools/cluster.sh"), "nodes", "0"], check=False)
     text = table(args, results)
     cmd = "bench/operator_bench.py " + " ".join(sys.argv[1:])

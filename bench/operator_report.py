@@ -25,8 +25,9 @@ def table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
     cols = list(results)
     others = [c for c in cols if c != "floor"] if "floor" in results else []
     lines = [
-        f"{args.pools} pools on {args.nodes} simulated GPU nodes, one run, same API server "
-        f"(writes counted by the API server; floor: plain SSA client, {CONCURRENCY} in flight)",
+        f"{args.pools} pools on {args.nodes} simulated GPU nodes, one run, in this order, "
+        + ("on one cluster " if args.same_cluster else "each on a fresh cluster ")
+        + f"(writes counted by the API server; floor: plain SSA client, {CONCURRENCY} in flight)",
         "",
         "| | " + " | ".join(cols) + "".join(f" | {c} / floor" for c in others) + " |",
         "|---|" + "---:|" * (len(cols) + len(others)),
