@@ -14,7 +14,7 @@ from kopf._cogs.structs.references import Selector  # not re-exported by kopf
 from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import names
-from tgipool.handlers import indexes, peering
+from tgipool.handlers import indexes, peering, watch_stream
 from tgipool.handlers.live_metrics import LiveMetrics, PoolGauges
 from tgipool.handlers.persistence import MemoryDiffBaseStorage, UnmarkedProgressStorage
 from tgipool.handlers.reconcile import reconcile_latest
@@ -59,6 +59,7 @@ async def configure(
     server = f"{managed},{names.COMPONENT_LABEL}={names.SERVER}"
     settings.watching.label_selectors[Selector(group="", version="v1", plural="pods")] = server
     settings.networking.request_timeout = 60
+    watch_stream.install()  # bodies without managedFields from here on (watch_stream.py says why)
     # An exception that is no answer of the API server (unreachable, connection cut) is passing trouble
     # like a 5xx: retried as soon (kopf's default waits 60 s).
     settings.execution.default_backoff = RETRY_DELAY_SECONDS
