@@ -342,14 +342,15 @@ async def run_all(args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str
     variants += ["always-apply"] if args.always_apply else []
     if args.only:  # in the order given (with --same-cluster, a variant's place in the run matters)
         variants = [v for v in args.only.split(",") if v in variants]
-    api = None
+    api = await Api.connect() if args.same_cluster else None
     try:
         for label in variants:
             if not args.same_cluster:
                 if api is not None:
                     await api.close()
                 fresh_cluster(args.nodes)
-            api = api if api is not None and args.same_cluster else await Api.connect()
+                api = await Api.connect()
+            assert api is not None
             ns = f"bench-{label[:5]}-{uuid.uuid4().hex[:4]}"
             kubectl("create", "namespace", ns)
             log(f"{label}: {args.pools} pools in {ns} ...")
@@ -372,12 +373,9 @@ async def run_all(args: argparse.Namespace, log_dir: Path) -> dict[str, dict[str
     finally:
         if api is not None:
             await api.close()
-        if (
-            not args.same_cluster
-        ):  # the last variant's pools go with its cluster; the next benches get a new one
-            log("a fresh cluster for what runs next (tools/cluster.sh down, up) ...")
-            subprocess.run([str(ROOT / "tools/cluster.sh"), "down"], check=False, stdout=subprocess.DEVNULL)
-            subprocess.run([str(ROOT / "tools/cluster.sh"), "up"], check=False, stdout=subprocess.DEVNULL)
+        # The last variant's pools go with its cluster; the benches after this one get a new one.
+        if not args.same_cluster:
+            fresh_cluster(0)
     return results
 
 

@@ -52,7 +52,8 @@ CHILD_KINDS = [
 
 
 def slim(body: Mapping[str, Any]) -> Manifest:
-    """Drops managedFields (the bulk of an object) before caching it."""
+    """A plain dict without managedFields (the bulk of an object), to cache. Watched bodies come without
+    it already (`watch_stream`); the API server's answers to our applies (`writer.py`) do not."""
     meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
     return {**{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
 
