@@ -1,7 +1,9 @@
-"""In-memory caches of every pool and gateway and of their children, kept by kopf indexes.
+"""In-memory caches of every pool and gateway and of their children, and the reads of them.
 
-kopf fills all indexes before it runs any other handler, so a reconcile right after an operator
-restart already sees every child and writes nothing for children that match.
+Pools, gateways and a gateway's children are kopf indexes; a pool's children and the inference-server
+pods are `child_caches`, which answer alike. kopf fills all of them before it runs any other handler, so
+a reconcile right after an operator restart already sees every child and writes nothing for children
+that match.
 
 Each cached object is kept as compact JSON, zlib-compressed (`Packed`), and decoded when a reconcile
 reads it: a Deployment is about 25 KB as Python dicts, 3.7 KB as JSON and 1.5 KB compressed; a
@@ -9,7 +11,7 @@ thousand pools' children as dicts were most of the operator's memory, and as JSO
 share of what malloc holds. Decoding one pool's children costs well under a millisecond.
 
 The index functions are coroutines: kopf runs a plain function in its thread pool, a hop to a thread
-and back for every watch event of every child.
+and back for every watch event.
 """
 
 from __future__ import annotations
@@ -79,10 +81,6 @@ def unpack(store: Iterable[Packed] | None) -> list[Manifest]:
     return [p.get() for p in store or ()]
 
 
-def _key(namespace: str | None, labels: Mapping[str, str]) -> Key:
-    return (namespace or "", labels[names.POOL_LABEL])
-
-
 @kopf.index(GROUP, VERSION, PLURAL)
 async def pool_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, Packed]:
     return {(namespace or "", name): pack(slim(body))}
@@ -94,41 +92,35 @@ async def pool_names(namespace: str | None, name: str, **_: Any) -> dict[str, st
     return {namespace or "": name}
 
 
-def _register_child_index(group: str, version: str, plural: str, kind: str) -> None:
-    async def index(
-        body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
-    ) -> dict[Key, Packed]:
-        return {_key(namespace, labels): pack(slim(body))}
-
-    index.__name__ = f"{plural}_index"
-    kopf.index(group, version, plural, labels=MANAGED, id=f"{plural}_index")(index)
+POD_STATUS = ("phase", "conditions", "containerStatuses", "podIP", "startTime")
 
 
-for _kind in CHILD_KINDS:
-    _register_child_index(*_kind[:4])
-
-
-@kopf.index("", "v1", "pods", labels={**MANAGED, names.COMPONENT_LABEL: names.SERVER})
-async def pods_index(
-    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
-) -> dict[Key, Packed]:
+def pod_view(body: Mapping[str, Any]) -> Manifest:
+    """What a reconcile reads of an inference-server pod."""
+    status, meta = body.get("status") or {}, body["metadata"]
     return {
-        _key(namespace, labels): pack(
-            {
-                "metadata": {k: body["metadata"].get(k) for k in ("name", "deletionTimestamp", "labels")},
-                "status": {
-                    k: body.get("status", {}).get(k)
-                    for k in ("phase", "conditions", "containerStatuses", "podIP", "startTime")
-                },
-            }
-        )
+        "metadata": {k: meta.get(k) for k in ("name", "deletionTimestamp", "labels")},
+        "status": {k: status.get(k) for k in POD_STATUS},
     }
 
 
-@kopf.index("", "v1", "pods", labels={**MANAGED, names.COMPONENT_LABEL: names.SERVER})
-async def pod_pools(namespace: str | None, labels: Mapping[str, str], **_: Any) -> dict[str, str]:
-    """The pools with inference-server pods, by namespace (a gateway's endpoints)."""
-    return {namespace or "": labels[names.POOL_LABEL]}
+SERVER_PODS: dict[str, Any] = {**MANAGED, names.COMPONENT_LABEL: names.SERVER}
+
+
+async def _listed(**_: Any) -> None:
+    """Never called with an object: `watch_stream` hands the kind's events to `child_caches`."""
+
+
+def register_gates() -> None:
+    """An index registration per child kind and for the server pods. kopf watches a kind only for a
+    handler, and holds every pool's handlers until each indexed kind is listed: `watch_stream` passes
+    the listing's end on once `child_caches` holds it."""
+    for group, version, plural, _kind in CHILD_KINDS:
+        kopf.index(group, version, plural, labels=MANAGED, id=f"{plural}_listed")(_listed)
+    kopf.index("", "v1", "pods", labels=SERVER_PODS, id="pods_listed")(_listed)
+
+
+register_gates()
 
 
 # A gateway's children that the operator may watch; its ServiceAccount and RBAC objects it may only

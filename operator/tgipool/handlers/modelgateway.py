@@ -136,17 +136,17 @@ async def _refresh(
 async def gateway_changed(
     body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    key = (namespace or "", name)
-    children = indexes.gateway_children(kwargs, key)
+    key, caches = (namespace or "", name), memo.indexes  # kopf's indexes and our child caches
+    children = indexes.gateway_children(caches, key)
     # The namespace's pools look at their routing from now on (see handlers/pool.py's folder).
     memo.live.wake()
     await reconcile_gateway(
         indexes.slim(body),
-        indexes.pools_in(kwargs, key[0]),
+        indexes.pools_in(caches, key[0]),
         children,
         memo.writer,
         logger,
-        pods=indexes.server_pods(kwargs, key[0]),
+        pods=indexes.server_pods(caches, key[0]),
     )
 
 
@@ -166,7 +166,7 @@ async def pool_routes_changed(
         return
     pending: dict[str, asyncio.Task[None]] = memo.setdefault("routes_pending", {})
     if ns not in pending:  # one refresh per namespace in the making; the pool's own handlers go on
-        pending[ns] = asyncio.create_task(_refresh_namespace(ns, pending, kwargs, memo.writer, logger))
+        pending[ns] = asyncio.create_task(_refresh_namespace(ns, pending, memo.indexes, memo.writer, logger))
 
 
 async def _refresh_namespace(
@@ -196,9 +196,9 @@ async def gateway_child_changed(
     """A child changed (drift, deletion, readiness): re-run its gateway's reconcile from the caches."""
     if type == "DELETED":
         memo.writer.forget(body.get("kind", ""), namespace or "", body["metadata"]["name"])
-    gw = indexes.gateway(kwargs, (namespace or "", labels[GATEWAY_LABEL]))
+    gw = indexes.gateway(memo.indexes, (namespace or "", labels[GATEWAY_LABEL]))
     if gw is not None:
-        await _refresh(gw, kwargs, memo.writer, logger)
+        await _refresh(gw, memo.indexes, memo.writer, logger)
 
 
 for _group, _version, _plural, _kind in indexes.GATEWAY_CHILD_KINDS:

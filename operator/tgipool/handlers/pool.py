@@ -15,6 +15,7 @@ from tgipool.api.modelpool import GROUP, PLURAL, VERSION
 from tgipool.config import DEFAULT_CONFIG
 from tgipool.desired import names
 from tgipool.handlers import indexes, peering, watch_stream
+from tgipool.handlers.child_caches import ChildCaches
 from tgipool.handlers.live_metrics import LiveMetrics, PoolGauges
 from tgipool.handlers.persistence import MemoryDiffBaseStorage, UnmarkedProgressStorage
 from tgipool.handlers.reconcile import reconcile_latest
@@ -59,7 +60,9 @@ async def configure(
     server = f"{managed},{names.COMPONENT_LABEL}={names.SERVER}"
     settings.watching.label_selectors[Selector(group="", version="v1", plural="pods")] = server
     settings.networking.request_timeout = 60
-    watch_stream.install()  # bodies without managedFields from here on (watch_stream.py says why)
+    # Bodies without managedFields from here on, and a pool's children to our caches (watch_stream.py).
+    memo.caches = ChildCaches()
+    watch_stream.install(memo.caches.taps(lambda *event: child_changed(memo, logger, *event)))
     # An exception that is no answer of the API server (unreachable, connection cut) is passing trouble
     # like a 5xx: retried as soon (kopf's default waits 60 s).
     settings.execution.default_backoff = RETRY_DELAY_SECONDS
@@ -83,14 +86,15 @@ async def configure(
     if opts.peering_identity and not settings.peering.standalone:
         # Before kopf lists its peers: so that replicas started together all see each other first.
         await peering.announce(memo.writer.kube, settings, opts.peering_identity, opts.namespaces, logger)
-    # kopf passes its indexes to startup handlers too: live views, filled once kopf has listed. Tasks
-    # that outlive a handler read these, not the handler's kwargs (which hold the decoded event).
-    memo.indexes = kwargs
+    # kopf passes its indexes to startup handlers too: live views, filled once kopf has listed. With our
+    # child caches, every handler and task reads these, not a handler's kwargs (which hold its decoded
+    # event and lack the child caches).
+    memo.indexes = {**kwargs, **memo.caches.views()}
     memo.refreshing = set()  # child events' reconciles, running apart from kopf's workers
     # The context our own tasks run in (`_spawn`), taken by the first handler: a list, since kopf hands
     # each object a shallow copy of the memo (an attribute a handler sets stays in its object's copy).
     memo.posting = []
-    memo.folder = asyncio.create_task(fold_pools(memo, logger, kwargs), name="tgipool-folder")
+    memo.folder = asyncio.create_task(fold_pools(memo, logger, memo.indexes), name="tgipool-folder")
 
 
 @kopf.on.cleanup()
@@ -297,34 +301,18 @@ async def pool_gone(type: str, namespace: str | None, name: str, uid: str, memo:
     memo.writer.forget_status("ModelPool", *key)
 
 
-async def child_changed(
-    type: str,  # kopf's name for the watch event type
-    body: kopf.Body,
-    namespace: str | None,
-    labels: Mapping[str, str],
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    **kwargs: Any,
+def child_changed(
+    memo: kopf.Memo, logger: kopf.Logger, type_: str, kind: str, namespace: str, name: str, key: indexes.Key
 ) -> None:
-    """A child changed (drift, deletion, status): re-run the owner's reconcile from the caches.
-
-    The reconcile runs in a task of its own, so kopf's worker for the child ends at once and lets go of
-    the decoded event: awaited, it held it while the reconcile waited for its turn, and a burst of new
-    pools kept thousands of children's events in memory at once (the peak that sets the RSS)."""
-    key = (namespace or "", labels[names.POOL_LABEL])
-    _keep_posting(memo)
-    if type == "DELETED":
-        memo.writer.forget(body.get("kind", ""), key[0], body["metadata"]["name"])
-    if key in memo.queued:
-        return  # a reconcile that has not read the caches yet will see this change
+    """A child changed (drift, deletion, status), as its kind's tap in `watch_stream` saw it: re-run the
+    owner's reconcile from the caches, in a task of its own (the stream goes on at once)."""
+    if type_ == "DELETED":
+        memo.writer.forget(kind, namespace, name)
+    if not memo.posting or key in memo.queued:
+        # No handler has run yet: every pool's first reconcile is to come, and reads the caches then.
+        # Or a reconcile that has not read the caches yet will see this change.
+        return
     running: set[asyncio.Task[None]] = memo.refreshing
     task = _spawn(memo, _refresh(key, memo.indexes, memo, logger), f"tgipool-refresh-{key[1]}")
     running.add(task)
     task.add_done_callback(running.discard)
-
-
-for _group, _version, _plural, _kind in indexes.CHILD_KINDS:
-    kopf.on.event(_group, _version, _plural, labels=indexes.MANAGED, id=f"{_plural}_changed")(child_changed)
-kopf.on.event(
-    "", "v1", "pods", labels={**indexes.MANAGED, names.COMPONENT_LABEL: names.SERVER}, id="pods_changed"
-)(child_changed)
