@@ -1,7 +1,7 @@
 """Every write of the handlers, and the one judge of whether the cluster is current.
 
-The watch caches (kopf indexes) lag behind our own writes under load; comparing against a stale
-copy would write the same child or status again at every event that arrives in between. So each
+The watch caches (kopf indexes, `child_caches`) lag behind our own writes under load; comparing against
+a stale copy would write the same child or status again at every event that arrives in between. So each
 write keeps the API server's answer, and a reconcile compares against the newer of that answer and
 the cached copy: an object we wrote and that nobody changed since is never written again.
 """
