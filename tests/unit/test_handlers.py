@@ -277,6 +277,41 @@ def test_child_events_fold_into_one_reconcile(monkeypatch: pytest.MonkeyPatch) -
     assert loaded == [1, 2] and memo.queued == set()
 
 
+def test_a_tapped_child_event_asks_for_its_pools_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a kind's tap calls (`child_changed`): nothing before any handler ran (each pool's first reconcile
+    reads the caches), then one refresh per pool at a time; a deletion is forgotten by the writer."""
+    import contextvars
+
+    from tgipool.handlers import pool as pool_handlers
+
+    refreshed: list[tuple[str, str]] = []
+
+    async def fake_refresh(key: Any, kwargs: Any, memo: Any, logger: Any) -> None:
+        refreshed.append(key)
+
+    forgotten: list[tuple[str, str, str]] = []
+
+    class Writer:
+        def forget(self, kind: str, namespace: str, name: str) -> None:
+            forgotten.append((kind, namespace, name))
+
+    monkeypatch.setattr(pool_handlers, "_refresh", fake_refresh)
+    memo = kopf.Memo(queued=set(), refreshing=set(), posting=[], indexes={}, writer=Writer())
+
+    async def main() -> None:
+        pool_handlers.child_changed(memo, LOG, "MODIFIED", "Deployment", "ml", "p", ("ml", "p"))
+        assert not memo.refreshing  # no handler has run yet
+        memo.posting.append(contextvars.copy_context())
+        pool_handlers.child_changed(memo, LOG, "DELETED", "Service", "ml", "p-svc", ("ml", "p"))
+        memo.queued.add(("ml", "q"))  # a reconcile of q waits to read the caches: it will see this
+        pool_handlers.child_changed(memo, LOG, "MODIFIED", "Job", "ml", "q-fetch", ("ml", "q"))
+        await asyncio.gather(*memo.refreshing)
+
+    asyncio.run(main())
+    assert refreshed == [("ml", "p")]
+    assert forgotten == [("Service", "ml", "p-svc")]
+
+
 class SlowKube(FakeKube):
     """Each apply takes a while in its thread, as against a busy API server."""
 
