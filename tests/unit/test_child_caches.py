@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tgipool.desired import names
-from tgipool.handlers.child_caches import ChildCaches, Index, Tap
-from tgipool.handlers.indexes import pod_view, slim, snapshot, unpack
+from tgipool.handlers.child_caches import ChildCaches, Index, Tap, as_streamed
+from tgipool.handlers.indexes import pod_view, snapshot, unpack
 
 
 def child(name: str, pool: str | None = "p", ns: str = "ml", replicas: int = 1) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def event(type_: str | None, obj: dict[str, Any]) -> dict[str, Any]:
 
 def make_tap() -> tuple[Tap, list[tuple[str, str, str, str, tuple[str, str]]]]:
     told: list[tuple[str, str, str, str, tuple[str, str]]] = []
-    return Tap("Deployment", Index(), slim, lambda *e: told.append(e)), told
+    return Tap("Deployment", Index(), as_streamed, lambda *e: told.append(e)), told
 
 
 def names_of(index: Index, key: tuple[str, str]) -> list[str]:
@@ -104,7 +104,7 @@ def test_a_failing_callback_does_not_stop_the_stream() -> None:
     def boom(*_: Any) -> None:
         raise RuntimeError("boom")
 
-    tap = Tap("Deployment", Index(), slim, boom)
+    tap = Tap("Deployment", Index(), as_streamed, boom)
     tap.listed(None)
     assert tap.take(None, event("ADDED", child("a")))
     assert names_of(tap.index, ("ml", "p")) == ["a"]
@@ -121,6 +121,6 @@ def test_the_views_answer_like_kopfs_indexes_for_a_snapshot() -> None:
     views["pool_index"] = {}
     views["gateway_index"] = {}
     snap = snapshot(views, ("ml", "p"))
-    assert snap.get("Deployment", "p") == slim(child("p"))
+    assert snap.get("Deployment", "p") == child("p")
     assert snap.pods == [pod_view(pod)] and "hostIP" not in snap.pods[0]["status"]
     assert views["pod_pools"].get("ml") == {"p"} and views["pod_pools"].get("other") is None

@@ -102,7 +102,6 @@ def test_a_pool_childs_events_go_to_its_cache_not_to_kopfs_workers(monkeypatch: 
         seen.append(raw_event)
         if operator_indexed is not None and resource_indexed is not None:  # as kopf's processor does
             await operator_indexed.drop_toggle(resource_indexed)
-        return
 
     async def main() -> None:
         toggles = ToggleSet(all)

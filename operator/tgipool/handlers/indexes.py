@@ -54,8 +54,8 @@ CHILD_KINDS = [
 
 
 def slim(body: Mapping[str, Any]) -> Manifest:
-    """A plain dict without managedFields (the bulk of an object), to cache. Watched bodies come without
-    it already (`watch_stream`); the API server's answers to our applies (`writer.py`) do not."""
+    """A plain dict without managedFields (the bulk of an object), to cache: from a kopf body, or from the
+    API server's answer to our apply (`writer.py`). A watched child comes without it (`watch_stream`)."""
     meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
     return {**{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
 
