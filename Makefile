@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 KUBECONFIG_LOCAL := $(CURDIR)/.cluster/kubeconfig
 export PATH := $(shell tools/build.sh --print-bin):$(PATH)
 
-.PHONY: help install tools print-bin manifests check-manifests lint unit e2e test demo demo-down \
+.PHONY: help install tools core core-test print-bin manifests check-manifests lint unit e2e test demo demo-down \
         cluster-up cluster-down kind-up bench bench-deps helm-lint clean
 
 help: ## list the verbs
@@ -25,6 +25,15 @@ install: $(VENV)/.installed ## create .venv with the package and dev tools (pinn
 
 tools: ## build the control-plane binaries into a cache outside the repo (first build: minutes)
 	tools/build.sh
+
+CORE_BIN := $(shell tools/build.sh --print-bin)/tgipool-gateway-core
+
+core: ## build the gateway's compiled data plane (gatewaycore/) next to the other binaries
+	cd gatewaycore && GOTOOLCHAIN=local CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $(CORE_BIN) .
+
+core-test: ## the core's own tests, gofmt and go vet
+	@cd gatewaycore && test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gatewaycore: run gofmt -w"; exit 1; }
+	cd gatewaycore && GOTOOLCHAIN=local go vet ./... && GOTOOLCHAIN=local go test -count=1 ./...
 
 print-bin: ## print the directory holding the built binaries
 	@tools/build.sh --print-bin
@@ -51,7 +60,7 @@ lint: install ## ruff (lint + format check), mypy strict, and the import contrac
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-unit: install ## unit tests (pure parts)
+unit: install core ## unit tests (pure parts; the gateway's through its core too)
 	$(VENV)/bin/pytest -q tests/unit
 
 cluster-up: tools install ## start the local simulated cluster (.cluster/kubeconfig)
@@ -69,7 +78,7 @@ e2e: tools install ## e2e tests on KUBECONFIG, else on the local cluster (brough
 helm-lint: tools install ## helm lint + helm template of charts/tgi-pool, defaults and every ci/ option
 	tools/chart.sh
 
-test: lint check-manifests helm-lint unit e2e ## everything CI runs
+test: lint check-manifests helm-lint core-test unit e2e ## everything CI runs
 
 demo: tools install ## local cluster + operator + example pools, Ready on simulated GPUs
 	tools/demo.sh

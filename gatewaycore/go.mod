@@ -1,0 +1,3 @@
+module tgipool.io/gatewaycore
+
+go 1.26
