@@ -34,7 +34,8 @@ to the `X-Model` (or default) model's TGI pool (400 `unsupported_route` when onl
 `GET /health` and `GET /` answer 200 while some pool has a usable endpoint (no fan-out, no key: probes use
 it); `GET /metrics` is the gateway's own. With tenants, `/info`, `/v1/models` and `/metrics` need a key like
 generation does (metrics name tenants; the model list shows a tenant only its models). Any other path or
-method: 404 / 405 in the route's shape.
+method: 404 / 405 in the route's shape. An app built core-linked (`build_app(..., core_link=True)`, behind
+the compiled core on loopback) also serves the core's `/internal/core/*` routes (`core_link.py`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from tgipool import strict_json
 from tgipool.gateway import proxy
 from tgipool.gateway.config import GatewayConfig
+from tgipool.gateway.core_link import CoreHandlers
 from tgipool.gateway.dispatch import dispatch, tgi_pools
 from tgipool.gateway.errors import Rejection, bad_request, error_response, render, unauthorized
 from tgipool.gateway.http_server import GatewayRunner, arrival
@@ -238,8 +240,11 @@ class Handlers:
         return resp
 
 
-def build_app(config: GatewayConfig, gateway: Gateway | None = None) -> web.Application:
-    """The gateway app (its ClientSession lives while the app runs); `app[GATEWAY_KEY].apply(cfg)` updates."""
+def build_app(
+    config: GatewayConfig, gateway: Gateway | None = None, core_link: bool = False
+) -> web.Application:
+    """The gateway app (its ClientSession lives while the app runs); `app[GATEWAY_KEY].apply(cfg)` updates.
+    `core_link`: behind the compiled core, with the routes it syncs by (`core_link.py`)."""
     gw = gateway or Gateway(config)
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[GATEWAY_KEY] = gw
@@ -263,6 +268,10 @@ def build_app(config: GatewayConfig, gateway: Gateway | None = None) -> web.Appl
     }
     for path, handler in get_handlers.items():
         app.router.add_get(path, handler, expect_handler=h.expect)
+    if core_link:
+        core = CoreHandlers(gw)
+        app.router.add_get("/internal/core/snapshot", core.snapshot)
+        app.router.add_post("/internal/core/report", core.report)
     app.router.add_route("*", "/{tail:.*}", h.other, expect_handler=h.expect)
     return app
 
@@ -270,8 +279,10 @@ def build_app(config: GatewayConfig, gateway: Gateway | None = None) -> web.Appl
 class GatewayServer(ListeningApp):
     """The gateway on a listening socket (`port=0`: a free port, see `.port` after `start()`)."""
 
-    def __init__(self, config: GatewayConfig, host: str = "127.0.0.1", port: int = 0) -> None:
-        app = build_app(config)
+    def __init__(
+        self, config: GatewayConfig, host: str = "127.0.0.1", port: int = 0, core_link: bool = False
+    ) -> None:
+        app = build_app(config, core_link=core_link)
         gw = app[GATEWAY_KEY]
         runner = GatewayRunner(
             app,

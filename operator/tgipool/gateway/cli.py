@@ -3,6 +3,9 @@
 The configuration file is described in `tgipool.gateway.config`. Send SIGHUP to reload it: pools, endpoints
 and tenants change live (in-flight requests, queues and rate-limit buckets are kept); a file that does not
 validate is reported and the running configuration stays.
+With `--core BIN`, the compiled `tgipool-gateway-core` serves --host/--port in front of this gateway, which
+listens on a free loopback port (`core_link.py`); the core is this process's child, stopped with it, and
+a core that exits on its own ends the gateway with a non-zero status (its pod restarts).
 The main CLI wires it with `gateway_cli.add_parser(subparsers)` and dispatches to `gateway_cli.main(args)`.
 """
 
@@ -16,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 import uvloop
@@ -28,6 +32,7 @@ from tgipool.gateway.kube_watch import RESYNC_SECONDS, KubeApi
 from tgipool.gateway.wake import Demand
 
 log = logging.getLogger("tgipool.gateway")
+CORE_STOP_SECONDS = 10.0  # the core's drain on SIGTERM, before it is killed
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -64,6 +69,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=0,
         help="also serve /metrics without a tenant key on this port, for Prometheus (default 0: off)",
     )
+    parser.add_argument(
+        "--core",
+        metavar="BIN",
+        help="path of tgipool-gateway-core: the core listens on --host/--port and Python on a free "
+        "loopback port",
+    )
     parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
     parser.set_defaults(func=main)
     return parser
@@ -76,13 +87,76 @@ def serve_metrics(server: GatewayServer, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=server.gateway.metrics.registry)
 
 
-async def serve(config_path: str, config: GatewayConfig, host: str, port: int, metrics_port: int = 0) -> None:
-    server = GatewayServer(config, host, port)
+def _bind(host: str, port: int, core: str | None) -> tuple[str, int]:
+    """Where Python listens: --host/--port, or with a core a free loopback port behind it."""
+    return ("127.0.0.1", 0) if core else (host, port)
+
+
+def _on_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+
+
+async def stop_core(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM (the core drains), then SIGKILL after CORE_STOP_SECONDS."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        async with asyncio.timeout(CORE_STOP_SECONDS):
+            await proc.wait()
+    except TimeoutError:
+        log.error("tgipool-gateway-core did not stop within %g s: killed", CORE_STOP_SECONDS)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+async def until_stopped(stop: asyncio.Event, core: str | None, host: str, port: int, python: int) -> int:
+    """Wait for SIGTERM/SIGINT (`stop`): 0. With a core, run it as a child on host:port in front of
+    Python's loopback port `python`, stop it first on the way out; 1 when it exits on its own."""
+    if core is None:
+        await stop.wait()
+        return 0
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            core, "--listen", listen, "--python", f"http://127.0.0.1:{python}"
+        )
+    except OSError as exc:
+        log.error("cannot start tgipool-gateway-core %s: %s", core, exc)
+        return 1
+    print(f"tgipool gateway: core {core} (pid {proc.pid}) on {listen}", file=sys.stderr)
+    stopping = asyncio.create_task(stop.wait())
+    exited = asyncio.create_task(proc.wait())
+    try:
+        await asyncio.wait({stopping, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if exited.done() and not stop.is_set():  # (a Ctrl-C in a terminal reaches both: a stop)
+            log.error("tgipool-gateway-core exited on its own (status %s): stopping", proc.returncode)
+            return 1
+        return 0
+    finally:
+        stopping.cancel()
+        if proc.returncode is None:
+            await stop_core(proc)
+        exited.cancel()
+
+
+async def serve(
+    config_path: str,
+    config: GatewayConfig,
+    host: str,
+    port: int,
+    metrics_port: int = 0,
+    core: str | None = None,
+) -> int:
+    server = GatewayServer(config, *_bind(host, port, core), core_link=core is not None)
     await server.start()
     serve_metrics(server, host, metrics_port)
     print(
         f"tgipool gateway: {len(config.pools)} pool(s), {len(config.tenants)} tenant(s) "
-        f"on {host}:{server.port}",
+        f"on {server.host}:{server.port}",
         file=sys.stderr,
     )
     loop = asyncio.get_running_loop()
@@ -97,18 +171,19 @@ async def serve(config_path: str, config: GatewayConfig, host: str, port: int, m
 
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, reload)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+    _on_stop_signals(stop)
     try:
-        await stop.wait()
+        return await until_stopped(stop, core, host, port, server.port)
     finally:
         await server.stop()
 
 
-async def serve_cluster(args: argparse.Namespace) -> None:
+async def serve_cluster(args: argparse.Namespace) -> int:
     async with KubeApi.from_environment() as api:
         source = ClusterSource(api, args.namespace, args.modelgateway, args.resync)
-        server = GatewayServer(GatewayConfig(), args.host, args.port)
+        server = GatewayServer(
+            GatewayConfig(), *_bind(args.host, args.port, args.core), core_link=args.core is not None
+        )
         # Demand for warm and cold pools goes to their Leases, named after this replica (its pod).
         identity = os.environ.get("POD_NAME") or socket.gethostname()
         server.gateway.demand = Demand(api.merge_patch, args.namespace, identity)
@@ -116,17 +191,14 @@ async def serve_cluster(args: argparse.Namespace) -> None:
         serve_metrics(server, args.host, args.metrics_port)
         print(
             f"tgipool gateway: following ModelGateway {args.namespace}/{args.modelgateway} "
-            f"on {args.host}:{server.port}",
+            f"on {server.host}:{server.port}",
             file=sys.stderr,
         )
         follower = asyncio.create_task(source.follow(server.gateway.apply, args.interval))
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
-            loop.add_signal_handler(signal.SIGINT, stop.set)
+        _on_stop_signals(stop)
         try:
-            await stop.wait()
+            return await until_stopped(stop, args.core, args.host, args.port, server.port)
         finally:
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -134,28 +206,29 @@ async def serve_cluster(args: argparse.Namespace) -> None:
             await server.stop()
 
 
-def _run(main: Any) -> None:
+def _run(main: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop: its event loop and transports in C halve the loop's share of each request."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
+        return runner.run(main)
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    code = 0
     if args.modelgateway:
         with contextlib.suppress(KeyboardInterrupt):
-            _run(serve_cluster(args))
-        return 0
+            code = _run(serve_cluster(args))
+        return code
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        _run(serve(args.config, config, args.host, args.port, args.metrics_port))
-    return 0
+        code = _run(serve(args.config, config, args.host, args.port, args.metrics_port, args.core))
+    return code
 
 
 if __name__ == "__main__":  # `python -m tgipool.gateway.cli ...` for quick local runs

@@ -27,6 +27,9 @@ parsing (`http_server.arrival`), and end at the answer's last byte written. `add
 the client waits for minus the upstream's own time (from sending the request to the upstream's last byte,
 over all attempts), minus the time queued for an endpoint (`queue_wait_seconds`) and held while a resting
 pool woke (`cold_start_wait_seconds`): the gateway's parsing, tokenizing, routing and relaying.
+
+With a compiled core in front (`tgipool gateway --core`), the core's counts are added into these same
+metrics (`core_link.py`), so `/metrics` reports the whole gateway.
 """
 
 from __future__ import annotations
@@ -69,9 +72,14 @@ class GatewayMetrics:
         )
         self.retries = Counter(p + "retries", "Retries on another endpoint.", ["pool", "reason"], registry=r)
         self.queue_depth = Gauge(p + "queue_depth", "Requests waiting per pool.", ["pool"], registry=r)
+        # The per-pool histograms by name without the prefix, and their upper bounds (without +Inf).
+        self.histograms: dict[str, Histogram] = {}
+        self.bounds: dict[str, tuple[float, ...]] = {}
 
         def per_pool(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(p + name, doc, ["pool"], buckets=buckets, registry=r)
+            hist = self.histograms[name] = Histogram(p + name, doc, ["pool"], buckets=buckets, registry=r)
+            self.bounds[name] = buckets
+            return hist
 
         self.queue_wait = per_pool("queue_wait_seconds", "Time spent queued.", _LATENCY_BUCKETS)
         self.upstream = per_pool("upstream_seconds", "Upstream time per request.", _LATENCY_BUCKETS)

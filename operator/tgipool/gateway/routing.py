@@ -255,9 +255,11 @@ class RoutingTable:
         self.endpoints: dict[str, Endpoint] = {}
         self.default_pool: str | None = None
         self.sequence = itertools.count()
-        # Hooks set by the server: learn an endpoint's limit from /info; queue depth metrics.
+        # Hooks set by the server: learn an endpoint's limit from /info; queue depth metrics; any change of
+        # pools, endpoints or limits (the compiled core's snapshot version, `core_link.py`).
         self.learn_limit: Callable[[Endpoint], None] | None = None
         self.queue_listener: Callable[[Pool], None] | None = None
+        self.change_listener: Callable[[], None] | None = None
 
     # --- live updates ---
     def update(self, routes: Iterable[Route], default_pool: str | None = None) -> None:
@@ -303,6 +305,8 @@ class RoutingTable:
             by_model.setdefault(pool.model, []).append(pool)
         self.by_model = by_model
         self.default_pool = default_pool if default_pool in new_pools else None
+        if self.change_listener is not None:
+            self.change_listener()
         for ep in new_endpoints.values():
             self._learn(ep)
         for pool in new_pools.values():
@@ -394,7 +398,10 @@ class RoutingTable:
         self._redispatch_later(ep, BUSY_SECONDS)
 
     def set_learned_limit(self, ep: Endpoint, limit: int) -> None:
+        changed = ep.learned_limit != limit
         ep.learned_limit = limit
+        if changed and self.change_listener is not None:
+            self.change_listener()
         for pool in ep.pools:
             pool.dispatch()
 

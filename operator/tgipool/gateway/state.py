@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from tgipool.gateway.config import GatewayConfig
+from tgipool.gateway.core_link import CoreLink
 from tgipool.gateway.errors import POOL_HEADER, Rejection, render
 from tgipool.gateway.metrics import GatewayMetrics
 from tgipool.gateway.parsing import int_or_none
@@ -34,6 +35,9 @@ class Gateway:
         self._depth: dict[str, Any] = {}
         self._children: dict[tuple[Any, ...], Any] = {}
         self.table.queue_listener = self._on_queue_change
+        # The compiled core's link (`core_link.py`): the snapshot version moves with every table change.
+        self.core = CoreLink()
+        self.table.change_listener = self.core.bump
         # Demand for resting pools; `serve_cluster` gives it the API to patch their Leases with.
         self.demand = Demand(None, "", "gateway")
         self.config = config
@@ -108,7 +112,7 @@ class Gateway:
         child = self._depth.get(pool.name)
         if child is None:
             child = self._depth[pool.name] = self.metrics.queue_depth.labels(pool.name)
-        child.set(len(pool.waiters))
+        child.set(len(pool.waiters) + (0 if pool.removed else self.core.depth.get(pool.name, 0)))
 
     def child(self, metric: Any, *labels: str) -> Any:
         """A labelled metric child, cached: `labels()` takes a lock and builds a key on every call."""

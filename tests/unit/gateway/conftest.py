@@ -117,11 +117,12 @@ class Stack:
 async def stack(
     backends: dict[str, dict[str, Any]],
     config: Callable[[dict[str, str]], dict[str, Any]],
+    core_link: bool = False,
 ) -> AsyncIterator[Stack]:
     names = list(backends)
     servers = await start_emulators(EmulatorSettings(**{**FAST, **backends[n]}).resolved() for n in names)
     by_name = dict(zip(names, servers, strict=True))
-    gw = GatewayServer(parse_config(config({n: s.url for n, s in by_name.items()})))
+    gw = GatewayServer(parse_config(config({n: s.url for n, s in by_name.items()})), core_link=core_link)
     await gw.start()
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
     st = Stack(gw, by_name, session)
