@@ -6,6 +6,8 @@ a subprocess, so the time measured is dominated by HTTP handling. Four targets s
 * direct: the emulator itself;
 * ours: `tgipool gateway` (a subprocess) with one pool holding that emulator: it still parses, tokenizes
   (the shared estimate) and routes every request;
+* ours+core: the same gateway with its compiled data plane in front (`--core`, `make core`): the Go core
+  parses, tokenizes, routes and proxies; Python stays the control plane. Its CPU is both processes';
 * vllm-router: `vllm-router --worker-urls <emulator> --policy round_robin` (the `bench` dependency group),
   only when it is installed;
 * nginx: a plain reverse proxy (`proxy_pass` to a keep-alive upstream, buffering off, one worker), only when
@@ -50,6 +52,8 @@ from typing import Any
 import aiohttp
 
 HEADERS = {"Content-Type": "application/json"}
+OURS = ("ours", "ours+core")
+REPORT_SECONDS = 1.2  # the core reports its measurements to the gateway's /metrics every second
 ROUTE = "/v1/chat/completions"
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -164,7 +168,7 @@ async def wait_ready(url: str, payload: bytes, seconds: float = 30.0) -> None:
 
 @contextlib.contextmanager
 def processes(
-    tmp: Path, args: argparse.Namespace, nginx: str | None, router: str | None
+    tmp: Path, args: argparse.Namespace, nginx: str | None, router: str | None, core: str | None
 ) -> Iterator[list[Target]]:
     py = sys.executable
     backend = free_port()
@@ -194,6 +198,13 @@ def processes(
              "--port", str(port)]
         )  # fmt: skip
         targets.append(Target("ours", f"http://127.0.0.1:{port}", ours.pid))
+        if core:
+            port = free_port()
+            proc = start(
+                [py, "-m", "tgipool.gateway.cli", "gateway", "--config", str(config), "--host", "127.0.0.1",
+                 "--port", str(port), "--core", core]
+            )  # fmt: skip
+            targets.append(Target("ours+core", f"http://127.0.0.1:{port}", proc.pid))
         if router:
             port = free_port()
             proc = start(
@@ -273,9 +284,8 @@ async def bench(args: argparse.Namespace, targets: list[Target]) -> dict[str, An
     for t in targets:
         await wait_ready(t.url, payloads["chat"])
     samples = {(w, t.name): Sample() for w in WORKLOADS for t in targets}
-    metric_sum = metric_count = 0.0
+    own = {t.name: [0.0, 0.0] for t in targets if t.name in OURS}  # the own metric's sum and count
     per_round = max(1, args.requests // args.rounds)
-    ours = next(t for t in targets if t.name == "ours")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for t in targets:  # warm up connections and code paths
             for w in WORKLOADS:
@@ -284,12 +294,15 @@ async def bench(args: argparse.Namespace, targets: list[Target]) -> dict[str, An
             for w in WORKLOADS:
                 for t in targets:
                     s = samples[w, t.name]
-                    before = await own_metric(session, ours.url) if t is ours else (0.0, 0.0)
+                    if t.name in own:
+                        await asyncio.sleep(REPORT_SECONDS)  # the core's measurements reach /metrics
+                        before = await own_metric(session, t.url)
                     s.latencies += await latency_run(session, t.url, payloads[w], per_round)
-                    if t is ours:
-                        after = await own_metric(session, ours.url)
-                        metric_sum += after[0] - before[0]
-                        metric_count += after[1] - before[1]
+                    if t.name in own:
+                        await asyncio.sleep(REPORT_SECONDS)
+                        after = await own_metric(session, t.url)
+                        own[t.name][0] += after[0] - before[0]
+                        own[t.name][1] += after[1] - before[1]
                     cpu0 = cpu_seconds(t.pid) if t.pid else 0.0
                     done, took = await throughput_run(
                         session, t.url, payloads[w], args.concurrency, args.seconds / args.rounds
@@ -329,10 +342,13 @@ async def bench(args: argparse.Namespace, targets: list[Target]) -> dict[str, An
                 "throughput_requests": s.done,
             }
         out["workloads"][w] = rows
-    if metric_count:
-        out["own_metric_mean_ms"] = metric_sum / metric_count * 1e3
-        seen = [out["workloads"][w]["ours"]["added_mean_ms"] for w in WORKLOADS]
-        out["client_seen_added_mean_ms"] = statistics.fmean(seen)
+    for name, (total, count) in own.items():
+        if count:
+            seen = [out["workloads"][w][name]["added_mean_ms"] for w in WORKLOADS]
+            out.setdefault("own_metric", {})[name] = {
+                "own_metric_mean_ms": total / count * 1e3,
+                "client_seen_added_mean_ms": statistics.fmean(seen),
+            }
     return out
 
 
@@ -364,22 +380,23 @@ def render(res: dict[str, Any]) -> str:
                 f"| {name} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['added_p50_ms']:+.3f} | "
                 f"{r['added_p99_ms']:+.3f} | {r['rps']:.0f} | {r['rps_vs_direct']:.2f}x | {cpu_text} |"
             )
-        ours = rows["ours"]
-        for other in ("vllm-router", "nginx"):
-            if other in rows:
-                o = rows[other]
-                lines.append(
-                    f"\nours / {other}: added p50 {ratio(ours['added_p50_ms'], o['added_p50_ms'])}, "
-                    f"added p99 {ratio(ours['added_p99_ms'], o['added_p99_ms'])}, "
-                    f"CPU per request {ratio(ours['cpu_us_per_request'], o['cpu_us_per_request'])}, "
-                    f"throughput {ratio(ours['rps'], o['rps'])}"
-                )
+        for name in (n for n in OURS if n in rows):
+            ours = rows[name]
+            for other in ("vllm-router", "nginx"):
+                if other in rows:
+                    o = rows[other]
+                    lines.append(
+                        f"\n{name} / {other}: added p50 {ratio(ours['added_p50_ms'], o['added_p50_ms'])}, "
+                        f"added p99 {ratio(ours['added_p99_ms'], o['added_p99_ms'])}, "
+                        f"CPU per request {ratio(ours['cpu_us_per_request'], o['cpu_us_per_request'])}, "
+                        f"throughput {ratio(ours['rps'], o['rps'])}"
+                    )
         lines.append("")
-    if "own_metric_mean_ms" in res:
+    for name, m in res.get("own_metric", {}).items():
         lines.append(
-            f"tgipool_gateway_added_latency_seconds (the gateway's own metric), mean over the latency runs: "
-            f"{res['own_metric_mean_ms']:.3f} ms; added mean the client saw: "
-            f"{res['client_seen_added_mean_ms']:.3f} ms (the metric cannot see the extra loopback hop: the "
+            f"- {name}: tgipool_gateway_added_latency_seconds (the gateway's own metric), mean over the latency "
+            f"runs: {m['own_metric_mean_ms']:.3f} ms; added mean the client saw: "
+            f"{m['client_seen_added_mean_ms']:.3f} ms (the metric cannot see the extra loopback hop: the "
             "kernel's work and the wake-ups before the gateway reads a request and after it answers)."
         )
     lines += ["", "Goals (issue 14), per workload:", "", *goals(res)]
@@ -391,7 +408,8 @@ def goals(res: dict[str, Any]) -> list[str]:
     `--concurrency` clients at least 0.95x direct."""
     out = []
     for w, rows in res["workloads"].items():
-        ours, router = rows["ours"], rows.get("vllm-router")
+        name = "ours+core" if "ours+core" in rows else "ours"  # what ships when the core is built
+        ours, router = rows[name], rows.get("vllm-router")
         checks = [
             (f"throughput {ours['rps_vs_direct']:.2f}x direct (goal >= 0.95x)", ours["rps_vs_direct"] >= 0.95)
         ]
@@ -402,7 +420,7 @@ def goals(res: dict[str, Any]) -> list[str]:
                     checks.append((f"{label} {ratio(a, b)} vllm-router's (goal <= 1x)", a <= b))
         else:
             checks.append(("vllm-router not run: its goals are not judged", False))
-        out += [f"- {w}: {text}: {'met' if ok else 'NOT met'}" for text, ok in checks]
+        out += [f"- {w} ({name}): {text}: {'met' if ok else 'NOT met'}" for text, ok in checks]
     return out
 
 
@@ -416,6 +434,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--tokens", type=int, default=4, help="max_tokens of each request")
     parser.add_argument("--decode-step-ms", type=float, default=0.0, help="the emulator's decode step")
+    parser.add_argument("--core", help="the compiled core's binary (default: tgipool-gateway-core on PATH)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, few requests, 1 s")
     parser.add_argument("--out", default=str(RESULTS), help="directory for gateway.md and gateway.json")
     args = parser.parse_args()
@@ -428,9 +447,12 @@ def main() -> int:
     router = shutil.which("vllm-router", path=venv_bin + os.pathsep + os.environ.get("PATH", ""))
     if router is None:
         print("vllm-router skipped: not installed (`uv pip install --group bench`)", file=sys.stderr)
+    core = args.core or shutil.which("tgipool-gateway-core")
+    if core is None:
+        print("ours+core skipped: tgipool-gateway-core not on PATH (`make core`)", file=sys.stderr)
     with (
         tempfile.TemporaryDirectory(prefix="gwbench-") as tmp,
-        processes(Path(tmp), args, nginx, router) as targets,
+        processes(Path(tmp), args, nginx, router, core) as targets,
     ):
         res = asyncio.run(bench(args, targets))
     text = render(res)

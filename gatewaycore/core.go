@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -57,15 +56,14 @@ func union(a, b map[string]bool) map[string]bool {
 
 // Core serves the common generation request and hands the rest to Python (core-protocol.md).
 type Core struct {
-	table     *Table
-	metrics   *Metrics
-	python    *httputil.ReverseProxy
-	upstream  atomic.Pointer[http.Transport]
-	connectTO atomic.Int64
+	table   *Table
+	metrics *Metrics
+	python  *httputil.ReverseProxy
+	up      *upstreams
 }
 
 func NewCore(pythonURL *url.URL) *Core {
-	c := &Core{table: NewTable(), metrics: NewMetrics()}
+	c := &Core{table: NewTable(), metrics: NewMetrics(), up: newUpstreams()}
 	c.table.onQueue = c.metrics.QueueDepth
 	pyTransport := &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true, IdleConnTimeout: 90 * time.Second}
 	c.python = &httputil.ReverseProxy{
@@ -83,30 +81,13 @@ func NewCore(pythonURL *url.URL) *Core {
 			rej.write(w, r.URL.Path, nil)
 		},
 	}
-	c.setConnectTimeout(2 * time.Second)
 	return c
-}
-
-func (c *Core) setConnectTimeout(d time.Duration) {
-	if c.connectTO.Swap(int64(d)) == int64(d) {
-		return
-	}
-	old := c.upstream.Swap(&http.Transport{
-		DialContext:         (&net.Dialer{Timeout: d, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        4096,
-		MaxIdleConnsPerHost: 512,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-	})
-	if old != nil {
-		old.CloseIdleConnections()
-	}
 }
 
 // Apply takes a snapshot from Python.
 func (c *Core) Apply(s *Snapshot) {
 	c.metrics.SetBounds(s.Buckets)
-	c.setConnectTimeout(seconds(s.ConnectTimeout))
+	c.up.connect.Store(int64(seconds(s.ConnectTimeout)))
 	c.table.Update(s)
 }
 
@@ -122,12 +103,28 @@ func (c *Core) handoff(w http.ResponseWriter, r *http.Request, read []byte) {
 	if read != nil {
 		r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(read), r.Body))
 	}
-	c.python.ServeHTTP(w, r)
+	c.python.ServeHTTP(respelling{w}, r)
 }
+
+// respelling respells our headers as the answer's head goes out (ReverseProxy copies them with Add,
+// which canonicalizes them).
+type respelling struct{ http.ResponseWriter }
+
+func (w respelling) WriteHeader(code int) {
+	respell(w.Header())
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w respelling) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (c *Core) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t0 := time.Now()
 	route := r.URL.Path
+	if strings.Contains(strings.ToLower(r.RequestURI), "/internal") {
+		// Python's side of the core link is for the core alone: a client may not feed it reports.
+		(&rejection{404, "Not found", "not_found", "bad_request", nil}).write(w, route, nil)
+		return
+	}
 	snap := c.table.Snapshot()
 	if r.Method != http.MethodPost || !generationRoute(route) || snap == nil || snap.Tenants ||
 		!jsonContentType(r.Header) || r.Header.Get("Content-Encoding") != "" {
@@ -425,27 +422,24 @@ func (c *Core) acquire(ctx context.Context, snap *Snapshot, d *decision, exclude
 
 var errIdle = errors.New("stream idle timeout")
 
-// timedReader fails a read that waits longer than `idle` (its timer cancels the upstream request).
+// timedReader fails a read that waits longer than `idle` for the upstream (streamIdleTimeoutSeconds).
 type timedReader struct {
-	body  io.Reader
-	timer *time.Timer
-	idle  time.Duration
-	fired *atomic.Bool
+	body io.Reader
+	conn net.Conn
+	idle time.Duration
+	gone func() bool // the client left (its deadline ended the read)
 }
 
 func (tr *timedReader) Read(buf []byte) (int, error) {
-	tr.timer.Reset(tr.idle)
+	if tr.gone() { // its deadline would be moved below
+		return 0, context.Canceled
+	}
+	_ = tr.conn.SetReadDeadline(time.Now().Add(tr.idle))
 	n, err := tr.body.Read(buf)
-	tr.timer.Stop()
-	if err != nil && err != io.EOF && tr.fired.Load() {
+	if err != nil && err != io.EOF && isTimeout(err) && !tr.gone() {
 		return n, errIdle
 	}
 	return n, err
-}
-
-func isConnectError(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
 }
 
 func mediaType(h http.Header) string {
@@ -457,15 +451,15 @@ func mediaType(h http.Header) string {
 func (c *Core) attempt(w http.ResponseWriter, r *http.Request, tr *tries, pool *Pool, ep *Endpoint,
 	tokens int) (again bool, reason string) {
 	snap, route, rec := tr.snap, tr.route, tr.rec
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	var fired atomic.Bool
-	timer := time.AfterFunc(seconds(snap.ResponseTimeout), func() { fired.Store(true); cancel() })
 	tUp := time.Now()
+	answerBy := tUp.Add(seconds(snap.ResponseTimeout))
 	var upstreamEnd time.Time
 	var resp *http.Response
+	var stop func() bool
 	defer func() {
-		timer.Stop()
+		if stop != nil {
+			stop()
+		}
 		if resp != nil {
 			_ = resp.Body.Close() // not read to the end: the connection closes and TGI cancels the generation
 		}
@@ -485,22 +479,20 @@ func (c *Core) attempt(w http.ResponseWriter, r *http.Request, tr *tries, pool *
 		rej.write(w, route, extra)
 		return false, ""
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL+route, bytes.NewReader(tr.body))
-	req.Header = tr.headers
-	resp, err := c.upstream.Load().RoundTrip(req)
+	gone := func() bool { return r.Context().Err() != nil }
+	resp, conn, stop, err := c.up.do(r.Context(), ep.host, route, tr.headers, tr.body, answerBy)
 	if err != nil {
-		resp = nil
+		var ce connectError
 		switch {
-		case fired.Load():
-			return fail(timedOut(snap.ResponseTimeout))
-		case r.Context().Err() != nil:
+		case gone():
 			rec.code = clientGone
 			return false, ""
-		}
-		if isConnectError(err) {
+		case errors.As(err, &ce):
 			c.table.markDown(ep)
+		case isTimeout(err):
+			return fail(timedOut(snap.ResponseTimeout))
 		}
-		if !tr.retried {
+		if !tr.retried { // refused, or closed before answering: another endpoint
 			tr.retried = true
 			tr.exclude = append(tr.exclude, ep)
 			return true, "connect_error"
@@ -515,12 +507,7 @@ func (c *Core) attempt(w http.ResponseWriter, r *http.Request, tr *tries, pool *
 	stalled := false
 	var body io.Reader = resp.Body
 	if isStream && status == http.StatusOK {
-		timer.Stop() // a stream's gaps have their own bound
-		fired.Store(false)
-		idle := &timedReader{body: resp.Body, idle: seconds(snap.StreamIdleTimeout), fired: &fired,
-			timer: time.AfterFunc(time.Hour, func() { fired.Store(true); cancel() })}
-		idle.timer.Stop()
-		body = idle
+		body = &timedReader{body: resp.Body, conn: conn.nc, idle: seconds(snap.StreamIdleTimeout), gone: gone}
 		buf := make([]byte, readChunkBytes)
 		n, err := body.Read(buf)
 		first = buf[:n]
@@ -549,15 +536,15 @@ func (c *Core) attempt(w http.ResponseWriter, r *http.Request, tr *tries, pool *
 	if isStream {
 		return fail(&rejection{502, "Upstream closed the stream", "unavailable", "upstream_error", nil})
 	}
-	payload, err := io.ReadAll(resp.Body)
+	payload, err := io.ReadAll(resp.Body) // by answerBy, still the connection's deadline
 	upstreamEnd = time.Now()
 	if err != nil {
-		if fired.Load() {
-			return fail(timedOut(snap.ResponseTimeout))
-		}
-		if r.Context().Err() != nil {
+		if gone() {
 			rec.code = clientGone
 			return false, ""
+		}
+		if isTimeout(err) {
+			return fail(timedOut(snap.ResponseTimeout))
 		}
 		return fail(&rejection{502, "Upstream failed while answering", "unavailable", "upstream_error", nil})
 	}
@@ -585,10 +572,11 @@ func copyResponseHeaders(dst, src http.Header, pool, endpoint string, extra map[
 			dst[k] = v
 		}
 	}
-	dst.Set(poolHeader, pool)
-	dst.Set(endpointHeader, endpoint) // which server answered, by id, never its address
+	respell(dst)
+	setExact(dst, poolHeader, pool)
+	setExact(dst, endpointHeader, endpoint) // which server answered, by id, never its address
 	for k, v := range extra {
-		dst.Set(k, v)
+		setExact(dst, k, v)
 	}
 }
 
@@ -657,4 +645,15 @@ func (c *Core) relay(w http.ResponseWriter, r *http.Request, tr *tries, resp *ht
 		send(end.event(tr.route))
 	}
 	return last
+}
+
+// respell gives our own headers back the spelling the Python gateway uses (X-TGIPool-...), which Go's
+// client canonicalized to X-Tgipool-... when it read them.
+func respell(h http.Header) {
+	for k, v := range h {
+		if strings.HasPrefix(k, "X-Tgipool-") {
+			delete(h, k)
+			h["X-TGIPool-"+k[len("X-Tgipool-"):]] = v
+		}
+	}
 }

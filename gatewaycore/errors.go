@@ -78,10 +78,10 @@ func (r *rejection) payload(route string, inStream bool) []byte {
 func (r *rejection) write(w http.ResponseWriter, route string, extra map[string]string) {
 	h := w.Header()
 	for k, v := range r.headers {
-		h.Set(k, v)
+		setExact(h, k, v)
 	}
 	for k, v := range extra {
-		h.Set(k, v)
+		setExact(h, k, v)
 	}
 	h.Set("Content-Type", "application/json; charset=utf-8")
 	w.WriteHeader(r.status)
@@ -144,4 +144,13 @@ func pyStr(v any) string {
 		return strconv.FormatFloat(x, 'g', -1, 64)
 	}
 	return string(marshal(v))
+}
+
+// setExact sets a header under its name as the Python gateway spells it (X-TGIPool-Pool, not Go's
+// canonical X-Tgipool-Pool): names are case-insensitive, but clients that copy headers into a plain
+// dict look them up by that spelling.
+func setExact(h http.Header, name, value string) {
+	h.Del(name)
+	delete(h, name)
+	h[name] = []string{value}
 }

@@ -279,6 +279,10 @@ func (m *Metrics) Report(ctx context.Context, client *http.Client, url string, e
 			if resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusOK {
 				continue
 			}
+			if resp.StatusCode < 500 { // refused as it is: sending it again would be refused forever
+				slog.Error("report refused, dropped", "status", resp.StatusCode)
+				continue
+			}
 			slog.Warn("report refused", "status", resp.StatusCode)
 		} else {
 			slog.Warn("report not sent", "error", err.Error())

@@ -2,6 +2,7 @@ package main
 
 import (
 	"container/heap"
+	"net/url"
 	"sort"
 	"sync"
 	"time"
@@ -58,6 +59,7 @@ const (
 // Endpoint is one server; its counters survive snapshots (keyed by URL), as in routing.py.
 type Endpoint struct {
 	URL, ID        string
+	host           string // host:port of an http:// URL; "" for any other (its pools go to Python)
 	limit          int
 	inFlight       int
 	inFlightTokens int
@@ -107,7 +109,27 @@ func (p *Pool) accepts(n int, maxNew *int) bool {
 
 // eligible: the core serves the pool's requests itself (else Python does, whole).
 func (p *Pool) eligible() bool {
-	return p.Tokenizer == nil && (p.Overload == "queue" || p.Overload == "reject" || p.Overload == "spill")
+	if p.Tokenizer != nil || !(p.Overload == "queue" || p.Overload == "reject" || p.Overload == "spill") {
+		return false
+	}
+	for _, ep := range p.endpoints {
+		if ep.host == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// plainHost is the host:port of an http:// endpoint URL without a path; "" otherwise.
+func plainHost(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "http" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.User != nil {
+		return ""
+	}
+	if u.Port() == "" {
+		return u.Host + ":80"
+	}
+	return u.Host
 }
 
 // pick is the least work in flight among available endpoints, scanning from a rotating start so ties
@@ -235,6 +257,7 @@ func (t *Table) Update(s *Snapshot) {
 				ep = &Endpoint{URL: ec.URL}
 			}
 			ep.ID, ep.limit, ep.removed = ec.ID, ec.Limit, false
+			ep.host = plainHost(ec.URL)
 			ep.pools = append(ep.pools, p)
 			endpoints[ec.URL] = ep
 			eps = append(eps, ep)
