@@ -394,8 +394,8 @@ def render(res: dict[str, Any]) -> str:
         lines.append("")
     for name, m in res.get("own_metric", {}).items():
         lines.append(
-            f"- {name}: tgipool_gateway_added_latency_seconds (the gateway's own metric), mean over the latency "
-            f"runs: {m['own_metric_mean_ms']:.3f} ms; added mean the client saw: "
+            f"- {name}: tgipool_gateway_added_latency_seconds (the gateway's own metric), mean over the "
+            f"latency runs: {m['own_metric_mean_ms']:.3f} ms; added mean the client saw: "
             f"{m['client_seen_added_mean_ms']:.3f} ms (the metric cannot see the extra loopback hop: the "
             "kernel's work and the wake-ups before the gateway reads a request and after it answers)."
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -82,10 +83,11 @@ class Stack:
     backends: dict[str, EmulatorServer]
     session: aiohttp.ClientSession
     extra: list[web.AppRunner] = field(default_factory=list)
+    core_url: str | None = None  # the compiled core in front of the gateway, when it runs
 
     @property
     def url(self) -> str:
-        return self.gateway.url
+        return self.core_url or self.gateway.url
 
     @property
     def urls(self) -> dict[str, str]:
@@ -113,6 +115,20 @@ class Stack:
         return value or 0.0
 
 
+CORE_ENV = "TGIPOOL_TEST_CORE"
+
+
+async def until_listening(session: aiohttp.ClientSession, url: str, seconds: float = 10.0) -> None:
+    """The core listens once it has its first snapshot; bounded."""
+    for _ in range(int(seconds / 0.01)):
+        with contextlib.suppress(aiohttp.ClientConnectionError):
+            async with session.get(url + "/health") as resp:
+                await resp.read()
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the core at {url} did not listen within {seconds:g} s")
+
+
 @contextlib.asynccontextmanager
 async def stack(
     backends: dict[str, dict[str, Any]],
@@ -122,13 +138,27 @@ async def stack(
     names = list(backends)
     servers = await start_emulators(EmulatorSettings(**{**FAST, **backends[n]}).resolved() for n in names)
     by_name = dict(zip(names, servers, strict=True))
-    gw = GatewayServer(parse_config(config({n: s.url for n, s in by_name.items()})), core_link=core_link)
+    core = os.environ.get(CORE_ENV)  # set by test_through_core.py: the same tests, the core in front
+    gw = GatewayServer(
+        parse_config(config({n: s.url for n, s in by_name.items()})), core_link=core_link or bool(core)
+    )
     await gw.start()
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
     st = Stack(gw, by_name, session)
+    proc = None
+    if core:
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            core, "--listen", f"127.0.0.1:{port}", "--python", gw.url, "--report-interval", "20ms"
+        )
+        st.core_url = f"http://127.0.0.1:{port}"
+        await until_listening(session, st.core_url)
     try:
         yield st
     finally:
+        if proc is not None:
+            proc.terminate()
+            await proc.wait()
         await session.close()
         await gw.stop()
         for runner in st.extra:
