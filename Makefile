@@ -72,7 +72,7 @@ cluster-down: ## stop the local cluster; leaves no process behind
 kind-up: install ## a kind cluster with fake GPUs (needs a Docker engine)
 	tools/cluster.sh kind-up
 
-e2e: tools install ## e2e tests on KUBECONFIG, else on the local cluster (brought up and down)
+e2e: tools install core ## e2e tests on KUBECONFIG, else on the local cluster (brought up and down)
 	tools/e2e.sh
 
 helm-lint: tools install ## helm lint + helm template of charts/tgi-pool, defaults and every ci/ option
@@ -80,7 +80,7 @@ helm-lint: tools install ## helm lint + helm template of charts/tgi-pool, defaul
 
 test: lint check-manifests helm-lint core-test unit e2e ## everything CI runs
 
-demo: tools install ## local cluster + operator + example pools, Ready on simulated GPUs
+demo: tools install core ## local cluster + operator + example pools, Ready on simulated GPUs
 	tools/demo.sh
 
 demo-down: ## stop the demo operator and the cluster

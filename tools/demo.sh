@@ -65,7 +65,7 @@ step "kubectl get modelpools"
 kubectl get modelpools
 step "the gateway (ModelGateway main), run here as its pod would run it (log: $gw_log)"
 nohup .venv/bin/tgipool gateway --modelgateway main --namespace default --host 127.0.0.1 \
-  --port "$gw_port" --log-level INFO >"$gw_log" 2>&1 &
+  --port "$gw_port" --core auto --log-level INFO >"$gw_log" 2>&1 &
 echo $! >"$gw_pidfile"
 # The gateway runs as a process here: tell Prometheus where to scrape it (file discovery).
 printf '[{"targets": ["127.0.0.1:%s"], "labels": {"job": "tgipool-gateway", "namespace": "default"}}]\n' \

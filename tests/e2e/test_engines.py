@@ -31,7 +31,7 @@ def gateway_process(ns: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], s
     with (tmp_path / "gw.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tgipool.cli", "gateway", "--modelgateway", "main", "-n", ns,
-             "--host", "127.0.0.1", "--port", str(port), "--interval", "0.5"],
+             "--host", "127.0.0.1", "--port", str(port), "--interval", "0.5", "--core", "auto"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "KUBECONFIG": str(kubeconfig)},

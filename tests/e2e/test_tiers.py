@@ -65,6 +65,7 @@ def gateway(operator: Operator, ns: str, tmp_path: Path) -> Iterator[str]:
     kubeconfig = token_kubeconfig("gw-gateway", ns, tmp_path / "gw.kubeconfig")
     port = free_port()
     args = ["gateway", "--modelgateway", "gw", "-n", ns, "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--core", "auto"]  # as the ModelGateway's pod runs it
     with (tmp_path / "gw.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tgipool.cli", *args, "--log-level", "INFO"],

@@ -54,6 +54,17 @@ def test_gateway_children_match_golden() -> None:
     assert text == GOLDEN.read_text()
 
 
+def test_the_core_runs_in_front_unless_python_is_asked_or_tenants_are_configured() -> None:
+    def args(**spec: Any) -> list[str]:
+        deployment = next(c for c in build_gateway_children(gateway(**spec)) if c["kind"] == "Deployment")
+        result: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        return result
+
+    assert args()[-2:] == ["--core", "auto"]
+    assert "--core" not in args(dataPlane="python")
+    assert "--core" not in args(tenantsSecretRef={"name": "keys"})  # the core would only add a hop
+
+
 def test_gateway_role_is_least_privilege() -> None:
     role = next(m for m in build_gateway_children(gateway()) if m["kind"] == "Role")
     verbs = {

@@ -98,6 +98,12 @@ class ModelGatewaySpec(Spec):
     replicas: GatewayReplicas = Field(default_factory=GatewayReplicas)
     target_cpu_utilization: int = Field(default=70, ge=10, le=100, description="HPA CPU target, percent.")
     resources: dict[str, Any] | None = Field(default=None, description="Resources of the gateway container.")
+    data_plane: Literal["core", "python"] = Field(
+        default="core",
+        description="core: the compiled tgipool-gateway-core serves the common request (parse, count, route, "
+        "proxy) and Python the rest (a gateway with tenants runs Python alone: the core does not serve "
+        "tenants); python: Python serves every request (about twice the CPU per request).",
+    )
 
 
 class ModelGateway(BaseModel):

@@ -110,6 +110,12 @@ def build_role_binding(gw: ModelGateway) -> Manifest:
 METRICS_PORT = 9090
 
 
+def uses_core(gw: ModelGateway) -> bool:
+    """The compiled core runs in front unless the spec says python, or tenants are configured: the core
+    hands every request of a gateway with tenants to Python, so it would only add a hop."""
+    return gw.spec.data_plane == "core" and gw.spec.tenants_secret_ref is None
+
+
 def build_gateway_deployment(gw: ModelGateway) -> Manifest:
     spec = gw.spec
     health = {"httpGet": {"path": "/health", "port": "http"}}
@@ -128,6 +134,7 @@ def build_gateway_deployment(gw: ModelGateway) -> Manifest:
             str(spec.port),
             "--metrics-port",
             str(METRICS_PORT),
+            *(["--core", "auto"] if uses_core(gw) else []),
         ],
         "ports": [
             {"name": "http", "containerPort": spec.port, "protocol": "TCP"},

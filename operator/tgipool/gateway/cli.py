@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -32,6 +33,7 @@ from tgipool.gateway.kube_watch import RESYNC_SECONDS, KubeApi
 from tgipool.gateway.wake import Demand
 
 log = logging.getLogger("tgipool.gateway")
+CORE_NAME = "tgipool-gateway-core"
 CORE_STOP_SECONDS = 10.0  # the core's drain on SIGTERM, before it is killed
 
 
@@ -72,8 +74,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--core",
         metavar="BIN",
-        help="path of tgipool-gateway-core: the core listens on --host/--port and Python on a free "
-        "loopback port",
+        help="path of tgipool-gateway-core, or `auto` (the one on PATH; none: Python alone, with a "
+        "warning): the core listens on --host/--port and Python on a free loopback port",
     )
     parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
     parser.set_defaults(func=main)
@@ -85,6 +87,16 @@ def serve_metrics(server: GatewayServer, host: str, port: int) -> None:
     key (it names tenants), which a cluster's Prometheus does not hold."""
     if port:
         start_http_server(port, addr=host, registry=server.gateway.metrics.registry)
+
+
+def resolve_core(core: str | None) -> str | None:
+    """`--core`: a path as given; `auto`: tgipool-gateway-core on PATH, else None (Python alone)."""
+    if core != "auto":
+        return core
+    found = shutil.which(CORE_NAME)
+    if found is None:
+        log.warning("--core auto: no %s on PATH; the Python gateway serves every request", CORE_NAME)
+    return found
 
 
 def _bind(host: str, port: int, core: str | None) -> tuple[str, int]:
@@ -217,6 +229,7 @@ def main(args: argparse.Namespace) -> int:
         level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     code = 0
+    args.core = resolve_core(args.core)
     if args.modelgateway:
         with contextlib.suppress(KeyboardInterrupt):
             code = _run(serve_cluster(args))
