@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tgipool import approx_tokens
+from tgipool.gateway.cli import resolve_core
 from tgipool.gateway.wake import Demand
 
 from .conftest import CORE_ENV, free_port, stack, wait_until
@@ -198,3 +199,18 @@ def test_the_gateway_runs_its_core_and_never_leaves_it_behind(tmp_path: Path, ho
             if p.poll() is None:
                 p.kill()
                 p.communicate()
+
+
+def test_core_auto_is_the_binary_on_path_else_python_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert resolve_core("/opt/x/tgipool-gateway-core") == "/opt/x/tgipool-gateway-core"  # a path as given
+    assert resolve_core(None) is None
+    core = tmp_path / "tgipool-gateway-core"
+    core.write_text("#!/bin/sh\n")
+    core.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert resolve_core("auto") == str(core)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert resolve_core("auto") is None
+    assert "no tgipool-gateway-core on PATH" in caplog.text
