@@ -90,7 +90,7 @@ bench-deps: install ## nginx and vllm-router (the proxies the gateway bench comp
 	@command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light; }
 	$(UV) pip install -q --python $(PY) --group bench
 
-bench: bench-deps cluster-up ## every benchmark, side by side with its peers; tables and plots in bench/results/
+bench: bench-deps core cluster-up ## every benchmark, side by side with its peers; tables and plots in bench/results/
 	@mkdir -p bench/results
 	@set -o pipefail; for b in bench/*_bench.py bench/gateway_api_requests.py; do echo "== $$b"; \
 	  $(PY) $$b 2>&1 | tee bench/results/$$(basename $$b .py).txt || exit 1; done
