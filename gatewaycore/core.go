@@ -144,7 +144,10 @@ func (c *Core) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			c.reject(w, route, rej, "")
 			return
 		}
-		c.handoff(w, r, body) // Python answers a broken body in its own words
+		// A broken chunked body: what is left of it cannot go to Python either.
+		rej := &rejection{400, "Malformed request body", "bad_request", "bad_request",
+			map[string]string{"Connection": "close"}}
+		c.reject(w, route, rej, "")
 		return
 	}
 	if len(body) > maxBodyBytes {
@@ -291,9 +294,6 @@ func upstreamHeaders(in http.Header) http.Header {
 			continue
 		}
 		out[k] = v
-	}
-	if _, ok := out["User-Agent"]; !ok {
-		out["User-Agent"] = []string{""} // not Go's: the client sent none
 	}
 	return out
 }

@@ -465,3 +465,27 @@ func TestSpillsToTheWiderPoolWhenTheShortOneIsFull(t *testing.T) {
 		t.Errorf("first: %d", code)
 	}
 }
+
+func TestABrokenChunkedBodyIsA400InTheRoutesShape(t *testing.T) {
+	var s seen
+	f := newFakePython(t, snapshot(tgiPool("short", 1000, 2000, upstream(t, &s, nil))))
+	_, u := startCore(t, f)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(u, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	_, _ = conn.Write([]byte("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+		"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\nzz\r\n"))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 400 || !strings.Contains(string(body), `"code":"bad_request"`) {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if len(f.handed()) != 0 || len(s.bodies) != 0 {
+		t.Errorf("a broken body went on: python %v, upstream %d", f.handed(), len(s.bodies))
+	}
+}
