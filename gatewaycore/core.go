@@ -54,7 +54,8 @@ func union(a, b map[string]bool) map[string]bool {
 	return m
 }
 
-// Core serves the common generation request and hands the rest to Python (core-protocol.md).
+// Core serves the common generation request and hands the rest to Python (the protocol:
+// operator/tgipool/gateway/core_link.py).
 type Core struct {
 	table   *Table
 	metrics *Metrics

@@ -1,6 +1,7 @@
 // Command tgipool-gateway-core is the gateway's compiled data plane: it serves the common generation
 // request (parse, count tokens, route, queue, proxy, stream) and hands every other request to the
-// Python gateway, which stays the control plane and sends the core its routing table (core-protocol).
+// Python gateway, which stays the control plane and sends the core its routing table (the protocol:
+// operator/tgipool/gateway/core_link.py).
 package main
 
 import (

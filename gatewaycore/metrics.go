@@ -27,7 +27,8 @@ type histogram struct {
 	Sum     float64 `json:"sum"`
 }
 
-// Report is what the core sends Python every interval: deltas since the last report (core-protocol).
+// Report is what the core sends Python every interval: deltas since the last report (the protocol:
+// operator/tgipool/gateway/core_link.py).
 type Report struct {
 	Requests   []requestCount                   `json:"requests"`
 	Routed     map[string]int64                 `json:"routed"`

@@ -1,4 +1,4 @@
-"""The link between the compiled gateway core and this gateway (/work/notes/core-protocol.md, v1).
+"""The link between the compiled gateway core (`gatewaycore/`) and this gateway: the protocol's one home.
 
 With `tgipool gateway --core BIN`, the compiled core (`tgipool-gateway-core`) owns the hot path: it
 listens on the public port, serves the common generation requests itself and hands every other request
