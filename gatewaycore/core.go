@@ -119,7 +119,7 @@ func (w respelling) WriteHeader(code int) {
 func (w respelling) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (c *Core) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	t0 := time.Now()
+	t0 := arrival(r.Context())
 	route := r.URL.Path
 	if strings.Contains(strings.ToLower(r.RequestURI), "/internal") {
 		// Python's side of the core link is for the core alone: a client may not feed it reports.
@@ -564,6 +564,7 @@ func (c *Core) attempt(w http.ResponseWriter, r *http.Request, tr *tries, pool *
 	w.WriteHeader(status)
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(seconds(snap.ClientTimeout)))
 	_, _ = w.Write(payload)
+	_ = http.NewResponseController(w).Flush() // written here, so the latencies end at its last byte
 	return false, ""
 }
 

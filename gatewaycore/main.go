@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -76,8 +77,13 @@ func main() {
 		}
 	}
 	clientTimeout := seconds(first.ClientTimeout)
-	server := &http.Server{Addr: *listen, Handler: core, ReadHeaderTimeout: clientTimeout,
-		IdleTimeout: clientTimeout}
+	server := &http.Server{Handler: core, ReadHeaderTimeout: clientTimeout, IdleTimeout: clientTimeout,
+		ConnContext: withArrival}
+	listener, err := net.Listen("tcp", *listen)
+	if err != nil {
+		slog.Error("listen", "address", *listen, "error", err.Error())
+		os.Exit(1)
+	}
 	go func() {
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -85,7 +91,7 @@ func main() {
 		_ = server.Shutdown(shut)
 	}()
 	slog.Info("serving", "listen", *listen, "python", base.String())
-	if err := server.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := server.Serve(arrivalListener{listener}); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		slog.Error("serve", "error", err.Error())
 		pprof.StopCPUProfile()
 		os.Exit(1)
