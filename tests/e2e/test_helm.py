@@ -419,7 +419,8 @@ def test_uninstall_without_keep_deletes_the_crds(tmp_path: Path) -> None:
     restricted_namespace(ns)
     try:
         helm("install", name, str(chart), "-n", ns, "--set", "crds.keep=false", "--set", "rbac.create=false")
-        helm("uninstall", name, "-n", ns, "--wait")
+        # helm's own bound below the test's: on a timeout it says what it still waited for.
+        helm("uninstall", name, "-n", ns, "--wait", "--timeout", "150s")
         for d in docs:
             wait_for(
                 f"{d['metadata']['name']} deleted", lambda d=d: get("crd", d["metadata"]["name"]) is None
