@@ -395,7 +395,7 @@ def test_upgrade_applies_a_crd_change_and_uninstall_keeps_the_crds(tmp_path: Pat
         doc["spec"]["costCenter"] = "ml-42"
         kubectl("apply", "--server-side", "--field-manager=e2e", "-f", "-", input=yaml.safe_dump(doc))
 
-        helm("uninstall", name, "-n", ns, "--wait")
+        helm("uninstall", name, "-n", ns, "--wait", "--timeout", "150s")
         assert get("deployment", f"{name}-tgi-pool", ns) is None
         for crd in crd_names:
             assert get("crd", crd) is not None, f"{crd} was deleted by helm uninstall despite crds.keep"
