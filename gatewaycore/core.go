@@ -160,7 +160,7 @@ func (c *Core) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.handoff(w, r, body)
 		return
 	}
-	d, ok := c.dispatch(snap, p, r.Header)
+	d, ok := c.dispatch(p, r.Header)
 	if !ok {
 		c.handoff(w, r, body)
 		return
@@ -193,7 +193,7 @@ type decision struct {
 // dispatch is dispatch.dispatch for what the core serves; ok=false hands the request to Python (an
 // unknown model, a pool counting with a tokenizer file, a resting pool, a policy the core leaves to
 // Python, any answer that is an error of Python's).
-func (c *Core) dispatch(snap *Snapshot, p *parsed, h http.Header) (*decision, bool) {
+func (c *Core) dispatch(p *parsed, h http.Header) (*decision, bool) {
 	env, ok := environment(h)
 	if !ok {
 		return nil, false
@@ -211,9 +211,6 @@ func (c *Core) dispatch(snap *Snapshot, p *parsed, h http.Header) (*decision, bo
 	t := c.table
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.snap != snap {
-		snap = t.snap
-	}
 	pools := t.candidates(p.model, env)
 	if !strings.HasPrefix(p.route, "/v1/") {
 		tgi := pools[:0:0]
@@ -318,7 +315,7 @@ type tries struct {
 
 func (c *Core) forward(w http.ResponseWriter, r *http.Request, snap *Snapshot, p *parsed, d *decision,
 	body []byte, t0 time.Time) {
-	rec := &record{route: p.route, pool: d.pool.Name, finished: true}
+	rec := &record{route: p.route, pool: d.pool.Name}
 	c.metrics.started(d.pool.Name)
 	tr := &tries{snap: snap, route: p.route, body: body, headers: upstreamHeaders(r.Header),
 		deadline: time.Now().Add(seconds(snap.QueueTimeoutSeconds)), t0: t0, extra: map[string]string{}, rec: rec}
@@ -327,9 +324,9 @@ func (c *Core) forward(w http.ResponseWriter, r *http.Request, snap *Snapshot, p
 		if tried != "" { // an endpoint was tried: the latencies, under the pool of the last try
 			end := time.Since(t0)
 			rec.histPool = tried
-			rec.obs(1, tr.upstream.Seconds())
-			rec.obs(4, max(0, (end-tr.upstream-tr.waited).Seconds()))
-			rec.obs(3, end.Seconds())
+			rec.upstream = tr.upstream.Seconds()
+			rec.added = max(0, (end - tr.upstream - tr.waited).Seconds())
+			rec.total = end.Seconds()
 		}
 		c.metrics.add(rec)
 	}()
@@ -397,7 +394,7 @@ func (c *Core) acquire(ctx context.Context, snap *Snapshot, d *decision, exclude
 		return nil, nil, 0, overloaded(qt, "rejected")
 	}
 	timeout := time.Until(deadline)
-	if pool.waiting >= snap.MaxQueueLength || timeout <= 0 {
+	if len(pool.waiters) >= snap.MaxQueueLength || timeout <= 0 {
 		t.mu.Unlock()
 		return nil, nil, 0, overloaded(qt, "queue_full")
 	}

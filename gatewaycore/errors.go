@@ -118,8 +118,8 @@ func refusal(status int, payload []byte) *rejection {
 		}
 	}
 	text := strings.ToValidUTF8(string(payload), "\uFFFD")
-	if len(text) > 500 {
-		text = text[:500]
+	if r := []rune(text); len(r) > 500 {
+		text = string(r[:500])
 	}
 	if text == "" {
 		text = http.StatusText(status)

@@ -119,22 +119,18 @@ func (m *Metrics) started(pool string) {
 type record struct {
 	route      string
 	code       int    // the answer's status (0: none counted)
-	pool       string // the pool routed to ("" if none)
-	finished   bool   // started() was called for pool
+	pool       string // the pool routed to, whose started() it ends ("" if none)
 	histPool   string // the pool of the last try: the latencies' label ("" if no endpoint was tried)
 	rejections []string
 	retries    []labelPair
 	fallbacks  []string
 	queueWait  []float64
+	upstream   float64 // seconds, with histPool
+	added      float64
+	total      float64
 	ttft       float64
 	hasTTFT    bool
-	observe    [5]float64 // by index in histNames, where set
-	set        [5]bool
 }
-
-var histNames = [5]string{hQueueWait, hUpstream, hTTFT, hRequest, hAdded}
-
-func (r *record) obs(i int, v float64) { r.observe[i], r.set[i] = v, true }
 
 func (m *Metrics) add(r *record) {
 	m.mu.Lock()
@@ -151,7 +147,7 @@ func (m *Metrics) add(r *record) {
 	for _, fb := range r.fallbacks {
 		m.fallbacks[labelPair{r.pool, fb}]++
 	}
-	if r.finished {
+	if r.pool != "" {
 		m.inFlight[r.pool]--
 	}
 	for _, v := range r.queueWait { // queued in the pool routed to
@@ -163,11 +159,9 @@ func (m *Metrics) add(r *record) {
 	if r.hasTTFT {
 		m.observe(hTTFT, r.histPool, r.ttft)
 	}
-	for i, ok := range r.set {
-		if ok {
-			m.observe(histNames[i], r.histPool, r.observe[i])
-		}
-	}
+	m.observe(hUpstream, r.histPool, r.upstream)
+	m.observe(hAdded, r.histPool, r.added)
+	m.observe(hRequest, r.histPool, r.total)
 }
 
 func (m *Metrics) observe(name, pool string, v float64) {

@@ -23,7 +23,6 @@ type parsed struct {
 	modelSet bool    // the body's `model` field is a string
 	texts    []string
 	maxNew   *int
-	stream   bool
 	object   map[string]json.RawMessage // the decoded body, for a rewrite of `model`
 }
 
@@ -120,7 +119,7 @@ func parseRequest(route string, body []byte, header http.Header) (*parsed, bool)
 	if json.Unmarshal(body, &obj) != nil || obj == nil {
 		return nil, false
 	}
-	p := &parsed{route: route, object: obj, stream: string(obj["stream"]) == "true"}
+	p := &parsed{route: route, object: obj}
 	if strings.HasPrefix(route, "/v1/") {
 		model, ok := stringField(obj["model"])
 		if !ok {
@@ -182,7 +181,6 @@ func parseRequest(route string, body []byte, header http.Header) (*parsed, bool)
 			_ = json.Unmarshal(raw, &text)
 		}
 		p.texts = []string{text}
-		p.stream = route == "/generate_stream"
 	}
 	return p, true
 }

@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -78,7 +79,6 @@ type Pool struct {
 	PoolConfig
 	endpoints []*Endpoint
 	waiters   waiterHeap
-	waiting   int // waiters not yet granted nor cancelled
 	rotation  int
 	removed   bool
 	table     *Table
@@ -207,7 +207,7 @@ func (h *waiterHeap) Pop() any {
 // Table is the routing state: pools by name and model, endpoints by URL, under one lock.
 type Table struct {
 	mu        sync.Mutex
-	snap      *Snapshot
+	snap      atomic.Pointer[Snapshot] // read without the lock by every request
 	pools     map[string]*Pool
 	byModel   map[string][]*Pool
 	endpoints map[string]*Endpoint
@@ -221,9 +221,7 @@ func NewTable() *Table {
 
 // Snapshot is the configuration now (nil before the first).
 func (t *Table) Snapshot() *Snapshot {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.snap
+	return t.snap.Load()
 }
 
 // Update swaps in a snapshot, keeping the state of the pools and endpoints that remain; waiters of a
@@ -279,7 +277,7 @@ func (t *Table) Update(s *Snapshot) {
 					w.grant <- nil
 				}
 			}
-			p.waiters, p.waiting = nil, 0
+			p.waiters = nil
 			t.queueChanged(p)
 		}
 	}
@@ -290,7 +288,8 @@ func (t *Table) Update(s *Snapshot) {
 	for _, ps := range byModel {
 		sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
 	}
-	t.pools, t.endpoints, t.byModel, t.snap = pools, endpoints, byModel, s
+	t.pools, t.endpoints, t.byModel = pools, endpoints, byModel
+	t.snap.Store(s)
 	for _, p := range pools {
 		t.dispatch(p)
 	}
@@ -301,9 +300,9 @@ func (t *Table) candidates(model *string, env string) []*Pool {
 	var pools []*Pool
 	if model != nil && *model != "tgi" {
 		pools = t.byModel[*model]
-	} else if t.snap.DefaultPool == nil {
+	} else if def := t.snap.Load().DefaultPool; def == nil {
 		return nil
-	} else if d := t.pools[*t.snap.DefaultPool]; d != nil {
+	} else if d := t.pools[*def]; d != nil {
 		pools = t.byModel[d.Model]
 	}
 	var out []*Pool
@@ -339,7 +338,7 @@ func choose(pools []*Pool, n int, maxNew *int) *Pool {
 
 // tryAcquire: an endpoint for a new request, unless someone already waits (FIFO within priority).
 func (t *Table) tryAcquire(p *Pool, tokens int, exclude []*Endpoint) *Endpoint {
-	if p.waiting > 0 {
+	if len(p.waiters) > 0 {
 		return nil
 	}
 	ep := p.pick(time.Now(), exclude)
@@ -354,7 +353,6 @@ func (t *Table) enqueue(p *Pool, priority, tokens int) *waiter {
 	t.seq++
 	w := &waiter{priority: priority, seq: t.seq, tokens: tokens, grant: make(chan *Endpoint, 1)}
 	heap.Push(&p.waiters, w)
-	p.waiting++
 	t.queueChanged(p)
 	return w
 }
@@ -371,14 +369,13 @@ func (t *Table) cancel(p *Pool, w *waiter) {
 	case waiting:
 		w.state = cancelled
 		heap.Remove(&p.waiters, w.index)
-		p.waiting--
 		t.queueChanged(p)
 	}
 }
 
 // dispatch hands free endpoints to the best waiters. Lock held.
 func (t *Table) dispatch(p *Pool) {
-	if p.waiting == 0 {
+	if len(p.waiters) == 0 {
 		return
 	}
 	now := time.Now()
@@ -393,7 +390,6 @@ func (t *Table) dispatch(p *Pool) {
 		ep.inFlightTokens += w.tokens
 		w.state = granted
 		w.grant <- ep
-		p.waiting--
 		changed = true
 	}
 	if changed {
@@ -403,7 +399,7 @@ func (t *Table) dispatch(p *Pool) {
 
 func (t *Table) queueChanged(p *Pool) {
 	if t.onQueue != nil {
-		t.onQueue(p.Name, p.waiting)
+		t.onQueue(p.Name, len(p.waiters))
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -115,7 +116,7 @@ func (c *upConn) roundTrip(host, path string, header http.Header, body []byte,
 	_, _ = w.WriteString(" HTTP/1.1\r\nHost: ")
 	_, _ = w.WriteString(host)
 	_, _ = w.WriteString("\r\nContent-Length: ")
-	_, _ = w.WriteString(itoa(len(body)))
+	_, _ = w.WriteString(strconv.Itoa(len(body)))
 	_, _ = w.WriteString("\r\n")
 	for k, vs := range header {
 		for _, v := range vs {
@@ -173,18 +174,4 @@ func (b *upBody) Close() error {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
-}
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var b [20]byte
-	i := len(b)
-	for n > 0 {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	return string(b[i:])
 }
