@@ -51,10 +51,11 @@ from typing import Any
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its sibling modules
+from gateway_report import OURS, ROUTE, render
+
 HEADERS = {"Content-Type": "application/json"}
-OURS = ("ours", "ours+core")
 REPORT_SECONDS = 1.2  # the core reports its measurements to the gateway's /metrics every second
-ROUTE = "/v1/chat/completions"
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -349,78 +350,6 @@ async def bench(args: argparse.Namespace, targets: list[Target]) -> dict[str, An
                 "own_metric_mean_ms": total / count * 1e3,
                 "client_seen_added_mean_ms": statistics.fmean(seen),
             }
-    return out
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b <= 0:
-        return "n/a"
-    return f"{a / b:.2f}x"
-
-
-def render(res: dict[str, Any]) -> str:
-    lines = [
-        f"Command: `.venv/bin/python {res['command']}`  ",
-        f"Machine: {res['cpus']} CPUs shared by the emulator, the proxy and the load generator. "
-        f"`POST {ROUTE}`, {res['tokens']} tokens, emulator decode step {res['decode_step_ms']:g} ms; "
-        f"latency with 1 client, throughput and CPU with {res['concurrency']} clients.",
-        "",
-    ]
-    for w, rows in res["workloads"].items():
-        lines += [
-            f"### {w}",
-            "",
-            "| target | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | vs direct | CPU µs/req |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, r in rows.items():
-            cpu = r["cpu_us_per_request"]
-            cpu_text = "n/a" if cpu is None else f"{cpu:.0f}" + (" (emulator)" if name == "direct" else "")
-            lines.append(
-                f"| {name} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['added_p50_ms']:+.3f} | "
-                f"{r['added_p99_ms']:+.3f} | {r['rps']:.0f} | {r['rps_vs_direct']:.2f}x | {cpu_text} |"
-            )
-        for name in (n for n in OURS if n in rows):
-            ours = rows[name]
-            for other in ("vllm-router", "nginx"):
-                if other in rows:
-                    o = rows[other]
-                    lines.append(
-                        f"\n{name} / {other}: added p50 {ratio(ours['added_p50_ms'], o['added_p50_ms'])}, "
-                        f"added p99 {ratio(ours['added_p99_ms'], o['added_p99_ms'])}, "
-                        f"CPU per request {ratio(ours['cpu_us_per_request'], o['cpu_us_per_request'])}, "
-                        f"throughput {ratio(ours['rps'], o['rps'])}"
-                    )
-        lines.append("")
-    for name, m in res.get("own_metric", {}).items():
-        lines.append(
-            f"- {name}: tgipool_gateway_added_latency_seconds (the gateway's own metric), mean over the "
-            f"latency runs: {m['own_metric_mean_ms']:.3f} ms; added mean the client saw: "
-            f"{m['client_seen_added_mean_ms']:.3f} ms (the metric cannot see the extra loopback hop: the "
-            "kernel's work and the wake-ups before the gateway reads a request and after it answers)."
-        )
-    lines += ["", "Goals (issue 14), per workload:", "", *goals(res)]
-    return "\n".join(lines) + "\n"
-
-
-def goals(res: dict[str, Any]) -> list[str]:
-    """Issue 14's gateway goals: CPU per request and added p50 at or below vllm-router's, throughput at
-    `--concurrency` clients at least 0.95x direct."""
-    out = []
-    for w, rows in res["workloads"].items():
-        name = "ours+core" if "ours+core" in rows else "ours"  # what ships when the core is built
-        ours, router = rows[name], rows.get("vllm-router")
-        checks = [
-            (f"throughput {ours['rps_vs_direct']:.2f}x direct (goal >= 0.95x)", ours["rps_vs_direct"] >= 0.95)
-        ]
-        if router is not None:
-            for key, label in (("cpu_us_per_request", "CPU per request"), ("added_p50_ms", "added p50")):
-                a, b = ours[key], router[key]
-                if a is not None and b is not None:
-                    checks.append((f"{label} {ratio(a, b)} vllm-router's (goal <= 1x)", a <= b))
-        else:
-            checks.append(("vllm-router not run: its goals are not judged", False))
-        out += [f"- {w} ({name}): {text}: {'met' if ok else 'NOT met'}" for text, ok in checks]
     return out
 
 

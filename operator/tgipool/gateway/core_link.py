@@ -176,21 +176,16 @@ def apply_report(gw: Gateway, report: dict[str, Any]) -> None:
         raise bad_request(f"report: {describe(err)}") from None
     _check(gw, r)
     m = gw.metrics
-    for req in r.requests:
-        if req.n:
-            gw.child(m.requests, req.route, str(req.code)).inc(req.n)
-    for pool, n in r.routed.items():
-        if n:
-            gw.child(m.routed, pool).inc(n)
-    for fb in r.fallbacks:
-        if fb.n:
-            gw.child(m.fallbacks, fb.pool, fb.fallback).inc(fb.n)
-    for reason, n in r.rejections.items():
-        if n:
-            gw.child(m.rejections, reason).inc(n)
-    for retry in r.retries:
-        if retry.n:
-            gw.child(m.retries, retry.pool, retry.reason).inc(retry.n)
+    counts: list[tuple[Any, tuple[str, ...], int]] = [
+        *((m.requests, (req.route, str(req.code)), req.n) for req in r.requests),
+        *((m.routed, (pool,), n) for pool, n in r.routed.items()),
+        *((m.fallbacks, (fb.pool, fb.fallback), fb.n) for fb in r.fallbacks),
+        *((m.rejections, (reason,), n) for reason, n in r.rejections.items()),
+        *((m.retries, (retry.pool, retry.reason), retry.n) for retry in r.retries),
+    ]
+    for counter, labels, n in counts:
+        if n:  # a zero creates no series, as the gateway's own counting does not
+            gw.child(counter, *labels).inc(n)
     for name, pools in r.histograms.items():
         for pool, observed in pools.items():
             child = gw.child(m.histograms[name], pool)
