@@ -226,10 +226,14 @@ def processes(
 
 
 async def one(session: aiohttp.ClientSession, url: str, payload: bytes) -> None:
-    async with session.post(url + ROUTE, data=payload, headers=HEADERS) as resp:
-        await resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"{url}: HTTP {resp.status}")
+    try:  # say which target failed
+        async with session.post(url + ROUTE, data=payload, headers=HEADERS) as resp:
+            await resp.read()
+            status = resp.status
+    except aiohttp.ClientError as e:
+        raise RuntimeError(f"{url}: {e!r}") from e
+    if status != 200:
+        raise RuntimeError(f"{url}: HTTP {status}")
 
 
 async def latency_run(session: aiohttp.ClientSession, url: str, payload: bytes, n: int) -> list[float]:
@@ -284,6 +288,7 @@ async def bench(args: argparse.Namespace, targets: list[Target]) -> dict[str, An
     payloads = {w: body(args.tokens, w == "stream") for w in WORKLOADS}
     for t in targets:
         await wait_ready(t.url, payloads["chat"])
+        print(f"  {t.name}: {t.url}", file=sys.stderr)
     samples = {(w, t.name): Sample() for w in WORKLOADS for t in targets}
     own = {t.name: [0.0, 0.0] for t in targets if t.name in OURS}  # the own metric's sum and count
     per_round = max(1, args.requests // args.rounds)
