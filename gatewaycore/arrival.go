@@ -13,16 +13,18 @@ var started = time.Now() // arrivals are kept as monotonic offsets from it
 
 type arrivalKey struct{}
 
-// arrivalConn notes when a read last returned bytes.
+// arrivalConn notes when a read last returned bytes, and the last request line's path (malformed.go).
 type arrivalConn struct {
 	net.Conn
-	last atomic.Int64 // ns since `started`
+	last  atomic.Int64 // ns since `started`
+	route atomic.Pointer[string]
 }
 
 func (c *arrivalConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
 		c.last.Store(int64(time.Since(started)))
+		c.noteRoute(b[:n])
 	}
 	return n, err
 }

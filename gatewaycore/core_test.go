@@ -470,22 +470,30 @@ func TestABrokenChunkedBodyIsA400InTheRoutesShape(t *testing.T) {
 	var s seen
 	f := newFakePython(t, snapshot(tgiPool("short", 1000, 2000, upstream(t, &s, nil))))
 	_, u := startCore(t, f)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(u, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = conn.Close() }()
-	_, _ = conn.Write([]byte("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
-		"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\nzz\r\n"))
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
+	resp, body := rawExchange(t, u, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"+
+		"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\nzz\r\n")
 	if resp.StatusCode != 400 || !strings.Contains(string(body), `"code":"bad_request"`) {
 		t.Fatalf("%d %s", resp.StatusCode, body)
 	}
 	if len(f.handed()) != 0 || len(s.bodies) != 0 {
 		t.Errorf("a broken body went on: python %v, upstream %d", f.handed(), len(s.bodies))
 	}
+}
+
+// rawExchange sends raw bytes on a new connection to the server at u and reads one answer.
+func rawExchange(t *testing.T, u, request string) (*http.Response, []byte) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(u, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	go func() { _, _ = conn.Write([]byte(request)) }() // the server may answer before it all arrives
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	return resp, body
 }

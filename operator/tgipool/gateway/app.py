@@ -223,7 +223,7 @@ class Handlers:
             return None
         if request.headers.get("Expect", "").lower() != "100-continue":
             rej = Rejection(
-                417, "Unsupported Expect header: only 100-continue is", "bad_request", "bad_request"
+                417, "Unsupported Expect header: only 100-continue is supported", "bad_request", "bad_request"
             )
         else:
             try:
