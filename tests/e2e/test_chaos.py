@@ -456,6 +456,17 @@ def operator_done(ns: str, changed: dict[str, dict[str, Any]], total: int) -> bo
     return True
 
 
+def new_pods_run(ns: str, names: list[str], total: int) -> bool:
+    """Each pool in `names` has a Running pod with the changed limit."""
+    running = {
+        p["metadata"]["labels"].get(POOL_LABEL)
+        for p in items("pods", ns, "app.kubernetes.io/component=inference-server")
+        if p["status"].get("phase") == "Running"
+        and f"--max-total-tokens={total}" in p["spec"]["containers"][0].get("args", [])
+    }
+    return set(names) <= running
+
+
 def restart_scenario(component: str, ns: str, op: Operator, total: int, row: dict[str, Any]) -> None:
     """Five pools change just before `component` dies (the operator is rolling them when it goes); a sixth
     changes once the API server is back (the operator's watches must have come back to see it)."""
@@ -463,6 +474,11 @@ def restart_scenario(component: str, ns: str, op: Operator, total: int, row: dic
     changed = {n: bumped_limits(total) for n in [*first, last]}
     before = write_requests()
     apply(pool_docs(ns, first, changed))
+    if component == "etcd":
+        # The simulated kubelets (kwok) watch pods; a pod bound while etcd went down was once never started
+        # (Pending on its node for 300 s). Kill etcd once the new pods run: the operator is still rolling
+        # the pools (old pods going, status catching up), and the simulator has nothing to miss.
+        wait_for("the changed pools' new pods to run", lambda: new_pods_run(ns, first, total), timeout=60)
     ready_again = restart_component(component, down_seconds=3)
     if component == "kube-apiserver":
         before = {}  # a new API server counts from zero: every write since its start is in `after`
