@@ -13,11 +13,12 @@ var started = time.Now() // arrivals are kept as monotonic offsets from it
 
 type arrivalKey struct{}
 
-// arrivalConn notes when a read last returned bytes, and the last request line's path (malformed.go).
+// arrivalConn notes when a read last returned bytes, and whether the last request line named an OpenAI
+// route (malformed.go).
 type arrivalConn struct {
 	net.Conn
-	last  atomic.Int64 // ns since `started`
-	route atomic.Pointer[string]
+	last   atomic.Int64 // ns since `started`
+	openai atomic.Bool
 }
 
 func (c *arrivalConn) Read(b []byte) (int, error) {

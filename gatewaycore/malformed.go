@@ -21,11 +21,7 @@ const expectFailed = "HTTP/1.1 417 Expectation Failed\r\nConnection: close\r\nDa
 
 // Write is the connection's, with net/http's canned answers rewritten.
 func (c *arrivalConn) Write(b []byte) (int, error) {
-	route := ""
-	if p := c.route.Load(); p != nil {
-		route = *p
-	}
-	if out := rewriteCanned(b, route); out != nil {
+	if out := rewriteCanned(b, c.openai.Load()); out != nil {
 		if _, err := c.Conn.Write(out); err != nil {
 			return 0, err
 		}
@@ -34,38 +30,40 @@ func (c *arrivalConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
-// noteRoute keeps the path of a request line that starts a read (a new request's head): net/http's 417
-// comes after the head was parsed, and Python answers it in the route's shape.
+// noteRoute notes whether a request line that starts a read (a new request's head) names an OpenAI
+// route: net/http's 417 comes after the head was parsed, and Python answers it in the route's shape.
 func (c *arrivalConn) noteRoute(b []byte) {
 	line, _, ok := bytes.Cut(b, []byte("\r\n"))
 	if !ok {
 		return
 	}
 	_, rest, ok := bytes.Cut(line, []byte(" "))
-	if !ok {
-		return
-	}
-	path, _, ok := bytes.Cut(rest, []byte(" "))
-	if ok && bytes.HasPrefix(path, []byte("/")) {
-		route := string(path)
-		c.route.Store(&route)
+	if ok && bytes.HasPrefix(rest, []byte("/")) {
+		c.openai.Store(bytes.HasPrefix(rest, []byte("/v1/")))
 	}
 }
 
 // rewriteCanned is the gateway's answer for one of net/http's canned ones; nil for any other bytes. A
-// parser's refusal takes TGI's shape, as Python's (its route is unknown); the 417 takes the route's.
-func rewriteCanned(b []byte, route string) []byte {
+// parser's refusal takes TGI's shape, as Python's (its route is unknown); the 417 takes the route's
+// (`openai`: the request line named a /v1/ route).
+func rewriteCanned(b []byte, openai bool) []byte {
 	if !bytes.HasPrefix(b, []byte("HTTP/1.1 ")) {
 		return nil
 	}
 	if bytes.HasPrefix(b, []byte(expectFailed)) && bytes.HasSuffix(b, []byte("\r\nContent-Length: 0\r\n\r\n")) {
+		route := ""
+		if openai {
+			route = "/v1/"
+		}
 		return cannedAnswer(417, "Unsupported Expect header: only 100-continue is supported", route)
 	}
-	head, text, ok := bytes.Cut(b, []byte(cannedHeaders))
-	if !ok || bytes.Contains(head, []byte("\r\n")) || len(head) < len("HTTP/1.1 400") {
+	// Only the status line is scanned: the canned headers come right after it, or this is not one.
+	end := bytes.Index(b, []byte("\r\n"))
+	if end < len("HTTP/1.1 400") || !bytes.HasPrefix(b[end:], []byte(cannedHeaders)) {
 		return nil
 	}
-	code, err := strconv.Atoi(string(head[9:12]))
+	text := b[end+len(cannedHeaders):]
+	code, err := strconv.Atoi(string(b[9:12]))
 	if err != nil {
 		return nil
 	}

@@ -106,7 +106,7 @@ func TestAHandlersOwnAnswerIsNotRewritten(t *testing.T) {
 	if resp.StatusCode != 400 || string(raw) != "400 Bad Request" || resp.Header.Get("Date") == "" {
 		t.Errorf("%d %q %v", resp.StatusCode, raw, resp.Header)
 	}
-	if rewriteCanned([]byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), "") != nil {
+	if rewriteCanned([]byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), false) != nil {
 		t.Error("a plain answer was rewritten")
 	}
 }

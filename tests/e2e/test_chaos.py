@@ -79,6 +79,12 @@ def pool_docs(ns: str, names: list[str], changed: dict[str, dict[str, Any]]) -> 
     return yaml.safe_dump_all(docs)
 
 
+def pending_handlers(pool: dict[str, Any]) -> list[str]:
+    """Handlers waiting for a retry: kopf keeps a handler's progress in annotations until it succeeds."""
+    names = pool["metadata"].get("annotations", {})
+    return [a for a in names if a.startswith(f"{PREFIX}/") and a not in KOPF_MARKS]
+
+
 def fleet_problems(ns: str, prometheus: str | None) -> list[str]:
     """What keeps the fleet from being converged; empty when it is. With `prometheus` (the operator reads
     it), Prometheus has also scraped each pool's current pods, and none gone, and the pool's status shows
@@ -111,13 +117,7 @@ def fleet_problems(ns: str, prometheus: str | None) -> list[str]:
                 problems.append(f"pool {name}: {count[name, kind]} {kind}")
         if (p.get("status") or {}).get("observedGeneration") != p["metadata"]["generation"]:
             problems.append(f"pool {name}: observedGeneration behind")
-        # No handler waiting for a retry (kopf keeps a handler's progress in annotations until it succeeds).
-        pending = [
-            a
-            for a in p["metadata"].get("annotations", {})
-            if a.startswith(f"{PREFIX}/") and a not in KOPF_MARKS
-        ]
-        if pending:
+        if pending := pending_handlers(p):
             problems.append(f"pool {name}: handlers pending {pending}")
         for ctype, want in (("Ready", "True"), ("Progressing", "False"), ("Degraded", "False")):
             if condition(p, ctype).get("status") != want:
@@ -448,9 +448,8 @@ def operator_done(ns: str, changed: dict[str, dict[str, Any]], total: int) -> bo
         assert pool is not None, name
         if (pool.get("status") or {}).get("observedGeneration") != pool["metadata"]["generation"]:
             raise AssertionError(f"pool {name}: observedGeneration behind")
-        pending = [a for a in pool["metadata"].get("annotations", {}) if a.startswith(f"{PREFIX}/")]
-        if set(pending) - KOPF_MARKS:
-            raise AssertionError(f"pool {name}: handlers pending {sorted(set(pending) - KOPF_MARKS)}")
+        if pending := pending_handlers(pool):
+            raise AssertionError(f"pool {name}: handlers pending {pending}")
         if f"--max-total-tokens={total}" not in tgi_args(name, ns):
             raise AssertionError(f"pool {name}: Deployment without the change")
     return True
@@ -483,12 +482,7 @@ def restart_scenario(component: str, ns: str, op: Operator, total: int, row: dic
     if component == "kube-apiserver":
         before = {}  # a new API server counts from zero: every write since its start is in `after`
     apply(pool_docs(ns, [last], changed))
-    wait_for(
-        "the operator to finish the changed pools",
-        lambda: operator_done(ns, changed, total),
-        timeout=CONVERGE_TIMEOUT,
-        interval=0.5,
-    )
+    wait_for("the operator to finish its part", lambda: operator_done(ns, changed, total), CONVERGE_TIMEOUT)
     operator_seconds = round(time.monotonic() - ready_again, 1)
     seconds = wait_converged(ns, ready_again, op, timeout=RESTART_CONVERGE_TIMEOUT)
     writes = delta(before, write_requests())
