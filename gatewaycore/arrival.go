@@ -8,7 +8,8 @@ import (
 )
 
 // The metrics' times start at a request's arrival: when bytes of it last reached the connection, before
-// the head is parsed (as the Python gateway's `http_server.arrival`), not when the handler starts.
+// the head is parsed (as the Python gateway's `http_server.arrival`), not when the handler starts; by the
+// kernel's receive stamp where there is one (stamp_linux.go), so the core's wake-up counts too.
 var started = time.Now() // arrivals are kept as monotonic offsets from it
 
 type arrivalKey struct{}
@@ -24,7 +25,7 @@ type arrivalConn struct {
 func (c *arrivalConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
-		c.last.Store(int64(time.Since(started)))
+		c.last.Store(int64(receivedAt(c.Conn).Sub(started)))
 		c.noteRoute(b[:n])
 	}
 	return n, err
@@ -37,7 +38,7 @@ func (l arrivalListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &arrivalConn{Conn: c}, nil
+	return &arrivalConn{Conn: stamped(c)}, nil
 }
 
 // withArrival is the server's ConnContext: the request's context can reach its connection's clock.

@@ -449,7 +449,7 @@ func mediaType(h http.Header) string {
 func (c *Core) attempt(w http.ResponseWriter, r *http.Request, tr *tries, pool *Pool, ep *Endpoint,
 	tokens int) (again bool, reason string) {
 	snap, route, rec := tr.snap, tr.route, tr.rec
-	tUp := time.Now()
+	tUp := time.Now() // the upstream's time starts here, or when the request left once it is written
 	answerBy := tUp.Add(seconds(snap.ResponseTimeout))
 	var upstreamEnd time.Time
 	var resp *http.Response
@@ -479,7 +479,9 @@ func (c *Core) attempt(w http.ResponseWriter, r *http.Request, tr *tries, pool *
 	}
 	gone := func() bool { return r.Context().Err() != nil }
 	resp, conn, stop, err := c.up.do(r.Context(), ep.host, route, tr.headers, tr.body, answerBy)
-	if err != nil {
+	if err == nil {
+		tUp = conn.sent // writing the request was the core's work
+	} else {
 		var ce connectError
 		switch {
 		case gone():
@@ -528,7 +530,7 @@ func (c *Core) attempt(w http.ResponseWriter, r *http.Request, tr *tries, pool *
 	}
 	rec.code = status
 	if isStream && status < 500 {
-		upstreamEnd = c.relay(w, r, tr, resp, body, first, stalled, pool, ep)
+		upstreamEnd = c.relay(w, r, tr, resp, body, first, stalled, pool, ep, conn.nc)
 		return false, ""
 	}
 	if isStream {
@@ -536,6 +538,9 @@ func (c *Core) attempt(w http.ResponseWriter, r *http.Request, tr *tries, pool *
 	}
 	payload, err := io.ReadAll(resp.Body) // by answerBy, still the connection's deadline
 	upstreamEnd = time.Now()
+	if err == nil {
+		upstreamEnd = receivedAt(conn.nc) // its last byte came then, before the core woke to read it
+	}
 	if err != nil {
 		if gone() {
 			rec.code = clientGone
@@ -585,9 +590,9 @@ func timedOut(s float64) *rejection {
 }
 
 // relay writes the event stream to the client as it comes (streaming.relay); when the upstream's last
-// byte came.
+// byte came (to `up`).
 func (c *Core) relay(w http.ResponseWriter, r *http.Request, tr *tries, resp *http.Response, body io.Reader,
-	first []byte, stalled bool, pool *Pool, ep *Endpoint) time.Time {
+	first []byte, stalled bool, pool *Pool, ep *Endpoint, up net.Conn) time.Time {
 	snap, rec := tr.snap, tr.rec
 	copyResponseHeaders(w.Header(), resp.Header, pool.Name, ep.ID, tr.extra)
 	w.WriteHeader(resp.StatusCode)
@@ -600,7 +605,7 @@ func (c *Core) relay(w http.ResponseWriter, r *http.Request, tr *tries, resp *ht
 		}
 		return rc.Flush() == nil
 	}
-	last := time.Now()
+	last := receivedAt(up)
 	if len(first) > 0 {
 		if !send(first) {
 			panic(http.ErrAbortHandler) // the client left or stopped reading: drop its connection
@@ -615,7 +620,7 @@ func (c *Core) relay(w http.ResponseWriter, r *http.Request, tr *tries, resp *ht
 	for !stalled {
 		n, err := body.Read(buf)
 		if n > 0 {
-			last = time.Now()
+			last = receivedAt(up)
 			if !send(buf[:n]) {
 				panic(http.ErrAbortHandler)
 			}

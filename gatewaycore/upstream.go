@@ -35,6 +35,7 @@ type upConn struct {
 	bw    *bufio.Writer
 	host  string
 	since time.Time // back in the pool since
+	sent  time.Time // the last request left for the upstream: the upstream's own time starts
 }
 
 func newUpstreams() *upstreams {
@@ -86,6 +87,7 @@ func (u *upstreams) do(ctx context.Context, host, path string, header http.Heade
 			if err != nil {
 				return nil, nil, nil, connectError{err}
 			}
+			nc = stamped(nc) // the answer's last byte is timed by the kernel's stamp (stamp_linux.go)
 			c = &upConn{nc: nc, br: bufio.NewReaderSize(nc, 16*1024), bw: bufio.NewWriterSize(nc, 8*1024), host: host}
 		}
 		nc := c.nc
@@ -128,6 +130,7 @@ func (c *upConn) roundTrip(host, path string, header http.Header, body []byte,
 	}
 	_, _ = w.WriteString("\r\n")
 	_, _ = w.Write(body)
+	c.sent = time.Now() // as the write starts: the kernel may hand over its answer before the write returns
 	if err := w.Flush(); err != nil {
 		return nil, errNothingRead
 	}

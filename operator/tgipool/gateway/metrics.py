@@ -29,7 +29,10 @@ over all attempts), minus the time queued for an endpoint (`queue_wait_seconds`)
 pool woke (`cold_start_wait_seconds`): the gateway's parsing, tokenizing, routing and relaying.
 
 With a compiled core in front (`tgipool gateway --core`), the core's counts are added into these same
-metrics (`core_link.py`), so `/metrics` reports the whole gateway.
+metrics (`core_link.py`), so `/metrics` reports the whole gateway. The core times arrivals and the
+upstream's last byte by the kernel's receive stamps (`gatewaycore/stamp_linux.go`), and starts the
+upstream's time once the request is written: its own wake-ups count as added latency. Python's times are
+taken when it reads, so its added latency leaves out its wake-ups (`docs/gateway-performance.md`).
 """
 
 from __future__ import annotations
