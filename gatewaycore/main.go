@@ -67,31 +67,23 @@ func main() {
 	go exitWithParent(stop)
 	go core.Follow(ctx, client, base.JoinPath("/internal/core/snapshot").String())
 	go core.metrics.Report(ctx, client, base.JoinPath("/internal/core/report").String(), *every)
-	// Listen once the first snapshot is here: the connection timeouts are its clientTimeoutSeconds
-	// (Go's server takes them at start; a later change applies when the gateway restarts).
-	var first *Snapshot
-	for wait := time.Now().Add(firstSnapshotWithin); first == nil; time.Sleep(10 * time.Millisecond) {
-		if first = core.table.Snapshot(); first == nil && (time.Now().After(wait) || ctx.Err() != nil) {
+	// Listen once the first snapshot is here: the connection timeouts are its clientTimeoutSeconds (a
+	// later change reaches the connections that come after it: serve.go).
+	for wait := time.Now().Add(firstSnapshotWithin); core.table.Snapshot() == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(wait) || ctx.Err() != nil {
 			slog.Error("no snapshot from the Python gateway", "within", firstSnapshotWithin.String())
 			os.Exit(1)
 		}
 	}
-	clientTimeout := seconds(first.ClientTimeout)
-	server := &http.Server{Handler: core, ReadHeaderTimeout: clientTimeout, IdleTimeout: clientTimeout,
-		ConnContext: withArrival}
 	listener, err := net.Listen("tcp", *listen)
 	if err != nil {
 		slog.Error("listen", "address", *listen, "error", err.Error())
 		os.Exit(1)
 	}
-	go func() {
-		<-ctx.Done()
-		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = server.Shutdown(shut)
-	}()
 	slog.Info("serving", "listen", *listen, "python", base.String())
-	if err := server.Serve(arrivalListener{listener}); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	clientTimeout := func() time.Duration { return seconds(core.table.Snapshot().ClientTimeout) }
+	if err := serveLive(ctx, arrivalListener{listener}, core, clientTimeout, time.Second, 10*time.Second); err != nil &&
+		!errors.Is(err, net.ErrClosed) {
 		slog.Error("serve", "error", err.Error())
 		pprof.StopCPUProfile()
 		os.Exit(1)

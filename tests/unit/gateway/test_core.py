@@ -1,6 +1,7 @@
 """The compiled core itself (`tgipool-gateway-core`, real binary): it counts tokens as the emulator does,
 what it serves reaches the gateway's /metrics and the pools' demand, a client cannot reach Python's side
-of the link through it, and `tgipool gateway --core` runs it and never leaves it behind."""
+of the link through it, `tgipool gateway --core` runs it and never leaves it behind, and a reloaded
+`clientTimeoutSeconds` reaches the core's header timeout without a restart."""
 
 from __future__ import annotations
 
@@ -129,10 +130,14 @@ def test_what_the_core_serves_reaches_metrics_and_demand_and_clients_cannot_feed
     asyncio.run(scenario())
 
 
-def gateway_with_core(tmp_path: Path, backend: str) -> tuple[subprocess.Popen[str], int]:
+def core_config(backend: str, **extra: Any) -> str:
     cfg = {"pools": [{"name": "p", "servedName": "llama", "maxInputTokens": 1000, "maxTotalTokens": 2000,
-                      "endpoints": [backend]}]}  # fmt: skip
-    (tmp_path / "gateway.yaml").write_text(json.dumps(cfg))
+                      "endpoints": [backend]}], **extra}  # fmt: skip
+    return json.dumps(cfg)
+
+
+def gateway_with_core(tmp_path: Path, backend: str, **extra: Any) -> tuple[subprocess.Popen[str], int]:
+    (tmp_path / "gateway.yaml").write_text(core_config(backend, **extra))
     port = free_port()
     args = ["--config", str(tmp_path / "gateway.yaml"), "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
@@ -214,3 +219,44 @@ def test_core_auto_is_the_binary_on_path_else_python_alone(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert resolve_core("auto") is None
     assert "no tgipool-gateway-core on PATH" in caplog.text
+
+
+def half_head_closed_within(port: int, seconds: float) -> bool:
+    """A request head that never ends, sent to the gateway: closed by the server within `seconds`?"""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        sock.settimeout(seconds)
+        try:
+            return sock.recv(1024) == b""
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+
+def test_a_client_timeout_change_reaches_the_core_without_a_restart(tmp_path: Path) -> None:
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "tgipool.emulator.cli", "emulate", "--hostname", "127.0.0.1",
+         "--port", str(port := free_port()), "--model-id", "llama", "--decode-step-ms", "0"],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    backend = f"http://127.0.0.1:{port}"
+    proc, gw_port = gateway_with_core(tmp_path, backend, clientTimeoutSeconds=30)
+    try:
+        assert serve_once(gw_port) == 200
+        assert not half_head_closed_within(gw_port, 1.5)  # 30 s to send a head
+        (tmp_path / "gateway.yaml").write_text(core_config(backend, clientTimeoutSeconds=0.5))
+        proc.send_signal(signal.SIGHUP)
+        # The core has the new snapshot within milliseconds and starts its next connections under it
+        # within a second; until then a head may still get 30 s.
+        deadline = time.monotonic() + 10
+        while not half_head_closed_within(gw_port, 2.0):
+            assert time.monotonic() < deadline, "the core kept the old header timeout after the reload"
+        assert serve_once(gw_port) == 200
+    finally:
+        for p in (proc, emulator):
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
