@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -130,6 +131,16 @@ def test_what_the_core_serves_reaches_metrics_and_demand_and_clients_cannot_feed
     asyncio.run(scenario())
 
 
+def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
+    """A fast emulator serving `llama` on loopback, and its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tgipool.emulator.cli", "emulate", "--hostname", "127.0.0.1",
+         "--port", str(port := free_port()), "--model-id", "llama", "--decode-step-ms", "0"],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def core_config(backend: str, **extra: Any) -> str:
     cfg = {"pools": [{"name": "p", "servedName": "llama", "maxInputTokens": 1000, "maxTotalTokens": 2000,
                       "endpoints": [backend]}], **extra}  # fmt: skip
@@ -178,12 +189,8 @@ def serve_once(port: int) -> int:
 
 @pytest.mark.parametrize("how", ["sigterm", "python_killed"])
 def test_the_gateway_runs_its_core_and_never_leaves_it_behind(tmp_path: Path, how: str) -> None:
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "tgipool.emulator.cli", "emulate", "--hostname", "127.0.0.1",
-         "--port", str(port := free_port()), "--model-id", "llama", "--decode-step-ms", "0"],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    proc, gw_port = gateway_with_core(tmp_path, f"http://127.0.0.1:{port}")
+    emulator, backend = start_emulator()
+    proc, gw_port = gateway_with_core(tmp_path, backend)
     try:
         assert serve_once(gw_port) == 200
         (core,) = children(proc.pid)
@@ -223,8 +230,6 @@ def test_core_auto_is_the_binary_on_path_else_python_alone(
 
 def half_head_closed_within(port: int, seconds: float) -> bool:
     """A request head that never ends, sent to the gateway: closed by the server within `seconds`?"""
-    import socket
-
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
         sock.settimeout(seconds)
@@ -237,12 +242,7 @@ def half_head_closed_within(port: int, seconds: float) -> bool:
 
 
 def test_a_client_timeout_change_reaches_the_core_without_a_restart(tmp_path: Path) -> None:
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "tgipool.emulator.cli", "emulate", "--hostname", "127.0.0.1",
-         "--port", str(port := free_port()), "--model-id", "llama", "--decode-step-ms", "0"],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    backend = f"http://127.0.0.1:{port}"
+    emulator, backend = start_emulator()
     proc, gw_port = gateway_with_core(tmp_path, backend, clientTimeoutSeconds=30)
     try:
         assert serve_once(gw_port) == 200
