@@ -17,8 +17,9 @@ Two workloads, both `POST /v1/chat/completions`: `chat` (one JSON answer) and `s
 one SSE event per token). The load generator is this process (aiohttp, keep-alive connections). Each round
 measures every workload on every target in turn (interleaved), so drift of the machine hits all alike:
 
-* latency: one client, requests back to back: p50 / p99, and the added latency of each proxy (its
-  percentile minus direct's);
+* latency: one client, requests back to back, in slices of `--slice` requests with every target in turn:
+  p50 / p99, the added latency of each proxy (its percentile minus direct's), and per slice the added
+  p50 (a slice's p50 minus direct's in the same slice), so two proxies compare slice by slice;
 * throughput: `--concurrency` clients in a closed loop: requests/s (and its ratio to direct), and the CPU
   per request of the proxy's processes (utime + stime from /proc over the window, divided by the
   requests answered in it).
@@ -27,7 +28,8 @@ It prints the table and the ratios ours / vllm-router and ours / nginx, writes t
 `bench/results/gateway.md` and `gateway.json` (`--out`), and compares the gateway's own
 `tgipool_gateway_added_latency_seconds` (mean, over the latency runs) with what the client saw.
 
-    .venv/bin/python bench/gateway_bench.py [--quick] [--rounds 3] [--requests 1500] [--seconds 6]
+    .venv/bin/python bench/gateway_bench.py [--quick] [--rounds 3] [--requests 1500] [--slice 100]
+        [--seconds 6]
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class Target:
 @dataclass
 class Sample:
     latencies: list[float] = field(default_factory=list)
+    slices: list[float] = field(default_factory=list)  # the p50 of each slice of `--slice` requests
     rps: list[float] = field(default_factory=list)
     done: int = 0
     cpu: float = 0.0
@@ -292,23 +295,30 @@ async def bench(args: argparse.Namespace, targets: list[Target]) -> dict[str, An
     samples = {(w, t.name): Sample() for w in WORKLOADS for t in targets}
     own = {t.name: [0.0, 0.0] for t in targets if t.name in OURS}  # the own metric's sum and count
     per_round = max(1, args.requests // args.rounds)
+    slices = max(1, per_round // args.slice)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for t in targets:  # warm up connections and code paths
             for w in WORKLOADS:
                 await latency_run(session, t.url, payloads[w], 100 if not args.quick else 20)
         for r in range(args.rounds):
             for w in WORKLOADS:
+                # Latency in short slices, every target in turn, so a drift of the machine hits all
+                # alike and each slice pairs the targets (the report's per-slice differences).
+                await asyncio.sleep(REPORT_SECONDS)  # the core's measurements reach /metrics
+                before = {name: await own_metric(session, t.url) for t in targets if (name := t.name) in own}
+                for _ in range(slices):
+                    for t in targets:
+                        lat = await latency_run(session, t.url, payloads[w], max(1, per_round // slices))
+                        samples[w, t.name].latencies += lat
+                        samples[w, t.name].slices.append(pct(lat, 0.5))
+                await asyncio.sleep(REPORT_SECONDS)
+                for t in targets:
+                    if t.name in own:
+                        after = await own_metric(session, t.url)
+                        own[t.name][0] += after[0] - before[t.name][0]
+                        own[t.name][1] += after[1] - before[t.name][1]
                 for t in targets:
                     s = samples[w, t.name]
-                    if t.name in own:
-                        await asyncio.sleep(REPORT_SECONDS)  # the core's measurements reach /metrics
-                        before = await own_metric(session, t.url)
-                    s.latencies += await latency_run(session, t.url, payloads[w], per_round)
-                    if t.name in own:
-                        await asyncio.sleep(REPORT_SECONDS)
-                        after = await own_metric(session, t.url)
-                        own[t.name][0] += after[0] - before[0]
-                        own[t.name][1] += after[1] - before[1]
                     cpu0 = cpu_seconds(t.pid) if t.pid else 0.0
                     done, took = await throughput_run(
                         session, t.url, payloads[w], args.concurrency, args.seconds / args.rounds
@@ -345,6 +355,8 @@ async def bench(args: argparse.Namespace, targets: list[Target]) -> dict[str, An
                 # direct's is the emulator's own cost per request, for scale
                 "cpu_us_per_request": s.cpu / s.done * 1e6 if s.done else None,
                 "latency_requests": len(s.latencies),
+                # each slice's p50 minus direct's in the same slice, in ms
+                "added_p50_slices_ms": [(a - b) * 1e3 for a, b in zip(s.slices, direct.slices, strict=True)],
                 "throughput_requests": s.done,
             }
         out["workloads"][w] = rows
@@ -366,6 +378,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="clients in the throughput phase")
     parser.add_argument("--seconds", type=float, default=6.0, help="throughput time per target and workload")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--slice", type=int, default=100, help="latency requests per target in turn")
     parser.add_argument("--tokens", type=int, default=4, help="max_tokens of each request")
     parser.add_argument("--decode-step-ms", type=float, default=0.0, help="the emulator's decode step")
     parser.add_argument("--core", help="the compiled core's binary (default: tgipool-gateway-core on PATH)")
@@ -373,7 +386,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(RESULTS), help="directory for gateway.md and gateway.json")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.requests, args.seconds = 1, 200, 1.0
+        args.rounds, args.requests, args.seconds, args.slice = 1, 200, 1.0, 50
     nginx = shutil.which("nginx")
     if nginx is None:
         print("nginx skipped: `nginx` is not on PATH (`make bench-deps`)", file=sys.stderr)

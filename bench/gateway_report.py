@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 OURS = ("ours", "ours+core")  # our gateway: Python alone, and with its compiled core in front
@@ -19,6 +20,21 @@ def ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or b <= 0:
         return "n/a"
     return f"{a / b:.2f}x"
+
+
+def slice_comparison(name: str, ours: dict[str, Any], other_name: str, other: dict[str, Any]) -> str | None:
+    """How the added p50 of `ours` and `other` compare slice by slice (each slice measured both within
+    seconds of each other): the median difference, its quartiles, and the slices where ours is not above."""
+    a, b = ours.get("added_p50_slices_ms"), other.get("added_p50_slices_ms")
+    if not a or not b or len(a) != len(b) or len(a) < 2:
+        return None
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    q1, med, q3 = statistics.quantiles(diffs, n=4)
+    below = sum(d <= 0 for d in diffs)
+    return (
+        f"{name} minus {other_name}, added p50 per slice ({len(diffs)} slices): median {med:+.3f} ms "
+        f"(quartiles {q1:+.3f} to {q3:+.3f}); at or below in {below} of {len(diffs)}"
+    )
 
 
 def render(res: dict[str, Any]) -> str:
@@ -54,6 +70,8 @@ def render(res: dict[str, Any]) -> str:
                         f"CPU per request {ratio(ours['cpu_us_per_request'], o['cpu_us_per_request'])}, "
                         f"throughput {ratio(ours['rps'], o['rps'])}"
                     )
+                    if (paired := slice_comparison(name, ours, other, o)) is not None:
+                        lines.append(f"\n{paired}")
         lines.append("")
     for name, m in res.get("own_metric", {}).items():
         lines.append(
@@ -72,7 +90,7 @@ def goals(res: dict[str, Any]) -> list[str]:
     for w, rows in res["workloads"].items():
         name = "ours+core" if "ours+core" in rows else "ours"  # what ships when the core is built
         ours, router = rows[name], rows.get("vllm-router")
-        checks = [
+        checks: list[tuple[str, bool | None]] = [
             (f"throughput {ours['rps_vs_direct']:.2f}x direct (goal >= 0.95x)", ours["rps_vs_direct"] >= 0.95)
         ]
         if router is not None:
@@ -80,7 +98,11 @@ def goals(res: dict[str, Any]) -> list[str]:
                 a, b = ours[key], router[key]
                 if a is not None and b is not None:
                     checks.append((f"{label} {ratio(a, b)} vllm-router's (goal <= 1x)", a <= b))
+            if (paired := slice_comparison(name, ours, "vllm-router", router)) is not None:
+                checks.append((paired, None))
         else:
             checks.append(("vllm-router not run: its goals are not judged", False))
-        out += [f"- {w} ({name}): {text}: {'met' if ok else 'NOT met'}" for text, ok in checks]
+        for text, ok in checks:
+            verdict = "" if ok is None else ": met" if ok else ": NOT met"
+            out.append(f"- {w} ({name}): {text}{verdict}")
     return out
