@@ -15,8 +15,8 @@ import (
 // The latency metrics must count the time a request or an answer waited in the kernel for the core to
 // wake up and read it: on a VM with 2 vCPUs about 50 µs, twice per request (the request, then the
 // upstream's answer), a large part of what a client sees the core add. A time taken when read() returns
-// cannot see it. So the core's TCP connections ask the kernel to stamp what
-// it receives (SO_TIMESTAMPNS) and read with recvmsg: a read's bytes reached the socket at that stamp.
+// cannot see it. So the core's TCP connections ask the kernel to stamp what it receives (SO_TIMESTAMPNS)
+// and read with recvmsg: a read's bytes reached the socket at that stamp.
 
 // maxLag bounds the stamp's distance from the read: a wall clock stepped between the two gives the
 // read's own time instead.
