@@ -47,6 +47,25 @@ def helm(*args: str, check: bool = True, timeout: float = 180) -> str:
     return proc.stdout + ("" if check else proc.stderr)
 
 
+def uninstall_waiting(name: str, ns: str, crds: list[str]) -> None:
+    """`helm uninstall --wait`, bounded by helm (150 s, below helm()'s 180 s). It has timed out in CI saying
+    only "context deadline exceeded": on a failure, say what was still there (and helm's --debug log)."""
+    try:
+        helm("uninstall", name, "-n", ns, "--wait", "--timeout", "150s", "--debug")
+    except AssertionError as exc:
+        kinds = "all,serviceaccounts,roles,rolebindings,events"
+        left = kubectl("get", kinds, "-n", ns, "-o", "wide", check=False)
+        for crd in crds:
+            obj = get("crd", crd)
+            if obj is not None:
+                meta, status = obj["metadata"], obj.get("status", {})
+                left += (
+                    f"\ncrd {crd}: deletionTimestamp {meta.get('deletionTimestamp')}, finalizers "
+                    f"{meta.get('finalizers')}, conditions {status.get('conditions')}"
+                )
+        raise AssertionError(f"{exc}\nstill there:\n{left}") from exc
+
+
 def render(*set_args: str, chart: Path = CHART) -> list[dict[str, Any]]:
     out = helm("template", "r", str(chart), *[a for s in set_args for a in ("--set", s)])
     return [d for d in yaml.safe_load_all(out) if d]
@@ -395,7 +414,7 @@ def test_upgrade_applies_a_crd_change_and_uninstall_keeps_the_crds(tmp_path: Pat
         doc["spec"]["costCenter"] = "ml-42"
         kubectl("apply", "--server-side", "--field-manager=e2e", "-f", "-", input=yaml.safe_dump(doc))
 
-        helm("uninstall", name, "-n", ns, "--wait", "--timeout", "150s")
+        uninstall_waiting(name, ns, crd_names)
         assert get("deployment", f"{name}-tgi-pool", ns) is None
         for crd in crd_names:
             assert get("crd", crd) is not None, f"{crd} was deleted by helm uninstall despite crds.keep"
@@ -419,8 +438,7 @@ def test_uninstall_without_keep_deletes_the_crds(tmp_path: Path) -> None:
     restricted_namespace(ns)
     try:
         helm("install", name, str(chart), "-n", ns, "--set", "crds.keep=false", "--set", "rbac.create=false")
-        # helm's own bound below the test's: on a timeout it says what it still waited for.
-        helm("uninstall", name, "-n", ns, "--wait", "--timeout", "150s")
+        uninstall_waiting(name, ns, [d["metadata"]["name"] for d in docs])
         for d in docs:
             wait_for(
                 f"{d['metadata']['name']} deleted", lambda d=d: get("crd", d["metadata"]["name"]) is None
