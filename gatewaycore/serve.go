@@ -48,17 +48,24 @@ func serveLive(ctx context.Context, ln net.Listener, handler http.Handler, timeo
 	accepted := make(chan error, 1)
 	go func() { // the one accept loop, handing connections to the newest server
 		defer close(conns)
+		backoff := 5 * time.Millisecond
 		for {
 			c, err := ln.Accept()
 			if err != nil {
-				var ne net.Error
-				if errors.As(err, &ne) && ne.Timeout() {
-					time.Sleep(5 * time.Millisecond) // out of descriptors and the like: as net/http does
-					continue
+				if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+					accepted <- err
+					return
 				}
-				accepted <- err
-				return
+				// Out of descriptors and the like: wait and try again, as net/http's Serve does.
+				slog.Warn("accept", "error", err.Error(), "retry in", backoff.String())
+				select {
+				case <-ctx.Done():
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, time.Second)
+				continue
 			}
+			backoff = 5 * time.Millisecond
 			select {
 			case conns <- c:
 			case <-ctx.Done():

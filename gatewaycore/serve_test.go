@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -90,5 +91,44 @@ func TestAClientTimeoutChangeReachesNewConnections(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", addr); err == nil {
 		t.Fatal("the listener is still open after the stop")
+	}
+}
+
+// failingOnce fails its first Accept as a process out of descriptors does.
+type failingOnce struct {
+	net.Listener
+	failed atomic.Bool
+}
+
+func (l *failingOnce) Accept() (net.Conn, error) {
+	if !l.failed.Swap(true) {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// An accept that fails for want of descriptors is retried, as net/http's own Serve does, not fatal.
+func TestAFailedAcceptIsRetried(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })
+	go func() {
+		served <- serveLive(ctx, &failingOnce{Listener: ln}, handler,
+			func() time.Duration { return time.Second }, time.Second, time.Second)
+	}()
+	resp, err := http.Get("http://" + ln.Addr().String() + "/")
+	if err != nil {
+		t.Fatalf("no answer after a failed accept: %v", err)
+	}
+	_ = resp.Body.Close()
+	select {
+	case err := <-served:
+		t.Fatalf("serveLive stopped: %v", err)
+	default:
 	}
 }
