@@ -277,6 +277,47 @@ def test_child_events_fold_into_one_reconcile(monkeypatch: pytest.MonkeyPatch) -
     assert loaded == [1, 2] and memo.queued == set()
 
 
+@pytest.mark.parametrize("error", ["temporary", "permanent"])
+def test_a_child_events_reconcile_refused_for_now_is_retried(
+    monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    """A reconcile asked by a child event whose write the API server refuses for now (an etcd restart's
+    500) runs again after the error's delay; no kopf handler would retry it, and the pool's status would
+    keep what the write was to change (CI: a rollout's end, a pool left `Progressing`). A permanent
+    refusal waits for a change."""
+    import contextvars
+
+    from tgipool.handlers import pool as pool_handlers
+    from tgipool.handlers.indexes import pack
+
+    key = ("ml", "p")
+    kwargs = {"pool_index": {key: [pack({"metadata": {"name": "p", "namespace": "ml", "generation": 1}})]}}
+    calls: list[float] = []
+
+    async def refusing_once(key: Any, load: Any, memo: Any, logger: Any, kwargs: Any) -> None:
+        load()
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            if error == "temporary":
+                raise kopf.TemporaryError("ModelPool ml/p: 1 write(s) refused, first 500", delay=0.2)
+            raise kopf.PermanentError("ModelPool ml/p: 1 write(s) refused, first 403")
+
+    monkeypatch.setattr(pool_handlers, "_reconcile", refusing_once)
+    memo = kopf.Memo(queued=set(), settling={}, posting=[contextvars.copy_context()])
+
+    async def main() -> None:
+        await pool_handlers._refresh(key, kwargs, memo, LOG, delay=0.0)
+        await asyncio.sleep(0.6)
+
+    asyncio.run(main())
+    if error == "temporary":
+        assert len(calls) == 2, calls
+        assert 0.15 <= calls[1] - calls[0] < 0.5, "retried after the error's delay"
+    else:
+        assert len(calls) == 1, "a permanent refusal is not repeated"
+    assert memo.settling == {}
+
+
 def test_a_tapped_child_event_asks_for_its_pools_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a kind's tap calls (`child_changed`): nothing before any handler ran (each pool's first reconcile
     reads the caches), then one refresh per pool at a time; a deletion is forgotten by the writer."""

@@ -190,11 +190,27 @@ async def _refresh(
         await asyncio.sleep(delay)
         await _reconcile(key, load, memo, logger, kwargs)
     except (kopf.PermanentError, kopf.TemporaryError) as e:
-        # The pool's own handler retries; a child event only refreshes.
         logger.info("reconcile of %s/%s from a child event: %s", *key, e)
+        _retry_later(key, e, kwargs, memo, logger)
     finally:
         if not taken:
             queued.discard(key)
+
+
+def _retry_later(
+    key: indexes.Key,
+    error: kopf.PermanentError | kopf.TemporaryError,
+    kwargs: Mapping[str, Any],
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+) -> None:
+    """A reconcile no kopf handler runs (a child event's, a metrics round's) whose writes the API server
+    refused for now (5xx, 409, 429): once more after the error's delay, as kopf retries its handlers.
+    Without it the pool's status kept what the failed write would have changed until some other event
+    (a rollout's end lost to an etcd restart left a pool `Progressing` for good). A permanent refusal
+    waits for a change, as kopf's does."""
+    if isinstance(error, kopf.TemporaryError):
+        _settle_later(key, time.monotonic() + (error.delay or RETRY_DELAY_SECONDS), kwargs, memo, logger)
 
 
 def _settle_later(
@@ -260,6 +276,7 @@ async def fold_pools(memo: kopf.Memo, logger: kopf.Logger, kwargs: Mapping[str, 
             await _reconcile(key, _live_pool(kwargs, key), memo, logger, kwargs)
         except (kopf.PermanentError, kopf.TemporaryError) as e:
             logger.debug("metrics round for %s/%s: %s", *key, e)
+            _retry_later(key, e, kwargs, memo, logger)
         except Exception:  # a task nobody awaits: say what failed, keep folding the others
             logger.exception("folding the metrics round into %s/%s", *key)
         finally:
