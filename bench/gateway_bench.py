@@ -305,7 +305,7 @@ async def bench(args: argparse.Namespace, targets: list[Target]) -> dict[str, An
                 # Latency in short slices, every target in turn, so a drift of the machine hits all
                 # alike and each slice pairs the targets (the report's per-slice differences).
                 await asyncio.sleep(REPORT_SECONDS)  # the core's measurements reach /metrics
-                before = {name: await own_metric(session, t.url) for t in targets if (name := t.name) in own}
+                before = {t.name: await own_metric(session, t.url) for t in targets if t.name in own}
                 for _ in range(slices):
                     for t in targets:
                         lat = await latency_run(session, t.url, payloads[w], max(1, per_round // slices))

@@ -537,11 +537,10 @@ func (c *Core) attempt(w http.ResponseWriter, r *http.Request, tr *tries, pool *
 		return fail(&rejection{502, "Upstream closed the stream", "unavailable", "upstream_error", nil})
 	}
 	payload, err := io.ReadAll(resp.Body) // by answerBy, still the connection's deadline
-	upstreamEnd = time.Now()
 	if err == nil {
 		upstreamEnd = receivedAt(conn.nc) // its last byte came then, before the core woke to read it
-	}
-	if err != nil {
+	} else {
+		upstreamEnd = time.Now()
 		if gone() {
 			rec.code = clientGone
 			return false, ""

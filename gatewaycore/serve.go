@@ -73,8 +73,8 @@ func serveLive(ctx context.Context, ln net.Listener, handler http.Handler, timeo
 			}
 		}
 	}()
+	// The servers are started and stopped from this goroutine alone.
 	var (
-		mu      sync.Mutex
 		servers []*http.Server
 		current *generation
 		wg      sync.WaitGroup
@@ -82,13 +82,11 @@ func serveLive(ctx context.Context, ln net.Listener, handler http.Handler, timeo
 	start := func(d time.Duration) {
 		srv := &http.Server{Handler: handler, ReadHeaderTimeout: d, IdleTimeout: d, ConnContext: withArrival}
 		g := &generation{Listener: ln, conns: conns, done: make(chan struct{})}
-		mu.Lock()
 		if current != nil {
 			_ = current.Close()
 		}
 		current = g
 		servers = append(servers, srv)
-		mu.Unlock()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -121,11 +119,9 @@ loop:
 	_ = ln.Close()
 	shut, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	mu.Lock()
 	for _, srv := range servers {
 		_ = srv.Shutdown(shut)
 	}
-	mu.Unlock()
 	wg.Wait()
 	return err
 }

@@ -103,15 +103,13 @@ func (s *stampConn) Read(b []byte) (int, error) {
 	return s.n, nil
 }
 
-// received is when the kernel received the last bytes read (their read's time when it gave no stamp).
-func (s *stampConn) received() time.Time {
-	return started.Add(time.Duration(s.rx.Load()))
-}
-
-// receivedAt is when the kernel received the last bytes read from c: now for a connection without stamps.
+// receivedAt is when the kernel received the last bytes read from c (their read's time when it gave no
+// stamp): now for a connection without stamps.
 func receivedAt(c net.Conn) time.Time {
-	if s, ok := c.(*stampConn); ok && s.rx.Load() > 0 {
-		return s.received()
+	if s, ok := c.(*stampConn); ok {
+		if rx := s.rx.Load(); rx > 0 {
+			return started.Add(time.Duration(rx))
+		}
 	}
 	return time.Now()
 }

@@ -4,6 +4,7 @@ how refused writes end up on status and in kopf's retry logic."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import logging
 import time
@@ -285,8 +286,6 @@ def test_a_child_events_reconcile_refused_for_now_is_retried(
     500) runs again after the error's delay; no kopf handler would retry it, and the pool's status would
     keep what the write was to change (CI: a rollout's end, a pool left `Progressing`). A permanent
     refusal waits for a change."""
-    import contextvars
-
     from tgipool.handlers import pool as pool_handlers
     from tgipool.handlers.indexes import pack
 
